@@ -1,0 +1,260 @@
+//! A resource as the store keeps it: encoded once, versioned from its canonical form, shared
+//! (`Arc`) by every group state and every stream that sends it.
+
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::cluster::{ClusterDiscoveryType, DiscoveryType};
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+use envoy_types::pb::envoy::service::discovery::v3::Resource;
+use envoy_types::pb::google::protobuf::Any;
+use prost::{Message, Name};
+
+use super::canonical;
+use super::types::ResourceType;
+
+/// A typed Envoy resource meshgate can publish.
+pub trait XdsResource: Message + Name + fmt::Debug + Sized {
+    const TYPE: ResourceType;
+
+    /// The resource's name, unique within its type and group.
+    fn resource_name(&self) -> &str;
+
+    /// Names of resources of [`Self::WARMS`] type that Envoy must receive again after this
+    /// resource is added or changed, or it stays warming (R13: a changed EDS cluster needs its
+    /// ClusterLoadAssignment again; R14: a changed listener its route configurations).
+    fn warms(&self) -> Vec<String> {
+        Vec::new()
+    }
+}
+
+impl XdsResource for Cluster {
+    const TYPE: ResourceType = ResourceType::Cluster;
+
+    fn resource_name(&self) -> &str {
+        &self.name
+    }
+
+    fn warms(&self) -> Vec<String> {
+        let is_eds = matches!(
+            self.cluster_discovery_type,
+            Some(ClusterDiscoveryType::Type(t)) if t == DiscoveryType::Eds as i32
+        );
+        if !is_eds {
+            return Vec::new();
+        }
+        let service_name = self
+            .eds_cluster_config
+            .as_ref()
+            .map(|c| c.service_name.as_str())
+            .filter(|s| !s.is_empty());
+        vec![service_name.unwrap_or(&self.name).to_owned()]
+    }
+}
+
+impl XdsResource for ClusterLoadAssignment {
+    const TYPE: ResourceType = ResourceType::Endpoint;
+
+    fn resource_name(&self) -> &str {
+        &self.cluster_name
+    }
+}
+
+impl XdsResource for Listener {
+    const TYPE: ResourceType = ResourceType::Listener;
+
+    fn resource_name(&self) -> &str {
+        &self.name
+    }
+
+    fn warms(&self) -> Vec<String> {
+        let mut names = Vec::new();
+        let chains = self
+            .filter_chains
+            .iter()
+            .chain(self.default_filter_chain.as_ref());
+        for filter in chains.flat_map(|c| c.filters.iter()) {
+            let Some(ConfigType::TypedConfig(any)) = &filter.config_type else {
+                continue;
+            };
+            if any.type_url != HttpConnectionManager::type_url() {
+                continue;
+            }
+            if let Ok(hcm) = HttpConnectionManager::decode(any.value.as_slice())
+                && let Some(RouteSpecifier::Rds(rds)) = hcm.route_specifier
+                && !names.contains(&rds.route_config_name)
+            {
+                names.push(rds.route_config_name);
+            }
+        }
+        names
+    }
+}
+
+impl XdsResource for RouteConfiguration {
+    const TYPE: ResourceType = ResourceType::Route;
+
+    fn resource_name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl XdsResource for Secret {
+    const TYPE: ResourceType = ResourceType::Secret;
+
+    fn resource_name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// One encoded, versioned resource. Immutable; shared by `Arc`.
+pub struct Entry {
+    pub ty: ResourceType,
+    pub name: Arc<str>,
+    /// Stable content version (see [`canonical`]).
+    pub version: Arc<str>,
+    /// The encoded `envoy.service.discovery.v3.Resource` (name, version, Any) that a delta
+    /// response carries as one element of `resources`.
+    pub delta: Bytes,
+    /// The encoded `google.protobuf.Any` that a state-of-the-world response carries.
+    pub sotw: Bytes,
+    /// Resources of the dependent type to send again after this one is sent (R13, R14).
+    pub warms: Box<[Arc<str>]>,
+}
+
+impl Entry {
+    /// Encodes and versions a resource. This is the only place a resource is encoded: every
+    /// stream that sends it copies these bytes.
+    pub fn new<R: XdsResource>(resource: &R) -> Arc<Entry> {
+        let name: Arc<str> = Arc::from(resource.resource_name());
+        let version: Arc<str> = Arc::from(canonical::version_of(resource));
+        let any = Any {
+            type_url: R::TYPE.type_url().to_owned(),
+            value: resource.encode_to_vec(),
+        };
+        let sotw = Bytes::from(any.encode_to_vec());
+        let delta = Bytes::from(
+            Resource {
+                name: name.to_string(),
+                version: version.to_string(),
+                resource: Some(any),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        let warms = resource.warms().into_iter().map(Arc::from).collect();
+        Arc::new(Entry {
+            ty: R::TYPE,
+            name,
+            version,
+            delta,
+            sotw,
+            warms,
+        })
+    }
+
+    /// The type whose resources [`Entry::warms`] names.
+    pub fn warmed_type(&self) -> Option<ResourceType> {
+        match self.ty {
+            ResourceType::Cluster => Some(ResourceType::Endpoint),
+            ResourceType::Listener => Some(ResourceType::Route),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Debug for Entry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entry")
+            .field("type", &self.ty)
+            .field("name", &self.name)
+            .field("version", &self.version)
+            .field("bytes", &self.delta.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::cluster::v3::cluster::EdsClusterConfig;
+    use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain};
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::Rds;
+
+    #[test]
+    fn entry_bytes_decode_to_the_resource() {
+        let cla = ClusterLoadAssignment {
+            cluster_name: "web".into(),
+            ..Default::default()
+        };
+        let e = Entry::new(&cla);
+        let r = Resource::decode(e.delta.clone()).unwrap();
+        assert_eq!(r.name, "web");
+        assert_eq!(r.version, &*e.version);
+        let any = Any::decode(e.sotw.clone()).unwrap();
+        assert_eq!(any.type_url, ResourceType::Endpoint.type_url());
+        assert_eq!(
+            ClusterLoadAssignment::decode(any.value.as_slice()).unwrap(),
+            cla
+        );
+        assert_eq!(r.resource.unwrap(), any);
+    }
+
+    #[test]
+    fn eds_cluster_warms_its_assignment() {
+        let mut c = Cluster {
+            name: "web".into(),
+            cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+            ..Default::default()
+        };
+        assert_eq!(c.warms(), vec!["web".to_owned()]);
+        c.eds_cluster_config = Some(EdsClusterConfig {
+            eds_config: None,
+            service_name: "web-v2".into(),
+        });
+        assert_eq!(c.warms(), vec!["web-v2".to_owned()]);
+        c.cluster_discovery_type = Some(ClusterDiscoveryType::Type(DiscoveryType::Static as i32));
+        assert!(c.warms().is_empty());
+    }
+
+    #[test]
+    fn listener_warms_its_rds_routes() {
+        let hcm = HttpConnectionManager {
+            route_specifier: Some(RouteSpecifier::Rds(Rds {
+                route_config_name: "routes-a".into(),
+                config_source: None,
+            })),
+            ..Default::default()
+        };
+        let filter = Filter {
+            name: "envoy.filters.network.http_connection_manager".into(),
+            config_type: Some(ConfigType::TypedConfig(Any {
+                type_url: HttpConnectionManager::type_url(),
+                value: hcm.encode_to_vec(),
+            })),
+        };
+        let l = Listener {
+            name: "l".into(),
+            filter_chains: vec![
+                FilterChain {
+                    filters: vec![filter.clone()],
+                    ..Default::default()
+                },
+                FilterChain {
+                    filters: vec![filter],
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        assert_eq!(l.warms(), vec!["routes-a".to_owned()]);
+    }
+}

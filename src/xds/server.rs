@@ -1,0 +1,263 @@
+//! The gRPC side: ADS and the five per-type discovery services, delta and state-of-the-world,
+//! all on the one state machine of [`super::stream`], with optional (mutual) TLS.
+
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::marker::PhantomData;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::codegen::{BoxFuture, StdError};
+use tonic::server::{Grpc, NamedService, StreamingService};
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::{Status, Streaming};
+
+use super::stream::{self, Protocol, Service, StreamContext, StreamRegistry};
+use super::types::ResourceType;
+use super::wire::XdsCodec;
+use crate::metrics::Metrics;
+use crate::xds::store::Store;
+
+/// TLS for the xDS listener, from PEM files.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca: Option<PathBuf>,
+}
+
+impl TlsFiles {
+    /// Reads the files; errors name the file that could not be read.
+    pub fn load(&self) -> anyhow::Result<ServerTlsConfig> {
+        let read = |p: &PathBuf, what: &str| {
+            std::fs::read(p)
+                .map_err(|e| anyhow::anyhow!("cannot read the xDS TLS {what} {}: {e}", p.display()))
+        };
+        let cert = read(&self.cert, "certificate")?;
+        let key = read(&self.key, "key")?;
+        let mut cfg = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+        if let Some(ca) = &self.client_ca {
+            cfg = cfg
+                .client_ca_root(Certificate::from_pem(read(ca, "client CA")?))
+                .client_auth_optional(false);
+        }
+        Ok(cfg)
+    }
+}
+
+/// How the xDS listener runs.
+#[derive(Debug, Clone)]
+pub struct XdsServerConfig {
+    pub tls: Option<TlsFiles>,
+    /// The datacenter of nodes whose metadata names none.
+    pub default_datacenter: String,
+}
+
+/// The xDS server: cheap to clone, shares the store and the stream registry.
+#[derive(Clone)]
+pub struct XdsServer {
+    ctx: Arc<StreamContext>,
+}
+
+impl XdsServer {
+    pub fn new(store: Store, registry: Arc<StreamRegistry>, default_datacenter: &str) -> Self {
+        let metrics = store.metrics().clone();
+        XdsServer {
+            ctx: Arc::new(StreamContext {
+                store,
+                metrics,
+                registry,
+                default_datacenter: Arc::from(default_datacenter),
+            }),
+        }
+    }
+
+    pub fn registry(&self) -> &Arc<StreamRegistry> {
+        &self.ctx.registry
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.ctx.metrics
+    }
+
+    fn svc<K: Kind>(&self) -> XdsGrpc<K> {
+        XdsGrpc {
+            ctx: self.ctx.clone(),
+            _kind: PhantomData,
+        }
+    }
+
+    /// Serves xDS on `listener` until `shutdown` completes.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        tls: Option<ServerTlsConfig>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> anyhow::Result<()> {
+        let mut builder = Server::builder()
+            .tcp_nodelay(true)
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls)?;
+        }
+        builder
+            .add_service(self.svc::<Ads>())
+            .add_service(self.svc::<Cds>())
+            .add_service(self.svc::<Eds>())
+            .add_service(self.svc::<Lds>())
+            .add_service(self.svc::<Rds>())
+            .add_service(self.svc::<Sds>())
+            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+            .await?;
+        Ok(())
+    }
+}
+
+/// A gRPC service meshgate answers: its name and which types it carries.
+pub trait Kind: Send + Sync + 'static {
+    const NAME: &'static str;
+    const SERVICE: Service;
+}
+
+macro_rules! kinds {
+    ($($kind:ident = $name:literal, $service:expr;)*) => {
+        $(
+            pub struct $kind;
+            impl Kind for $kind {
+                const NAME: &'static str = $name;
+                const SERVICE: Service = $service;
+            }
+        )*
+    };
+}
+
+kinds! {
+    Ads = "envoy.service.discovery.v3.AggregatedDiscoveryService", Service::Ads;
+    Cds = "envoy.service.cluster.v3.ClusterDiscoveryService", Service::Single(ResourceType::Cluster);
+    Eds = "envoy.service.endpoint.v3.EndpointDiscoveryService", Service::Single(ResourceType::Endpoint);
+    Lds = "envoy.service.listener.v3.ListenerDiscoveryService", Service::Single(ResourceType::Listener);
+    Rds = "envoy.service.route.v3.RouteDiscoveryService", Service::Single(ResourceType::Route);
+    Sds = "envoy.service.secret.v3.SecretDiscoveryService", Service::Single(ResourceType::Secret);
+}
+
+/// One discovery service. Methods named `Delta*` are incremental, `Stream*` state of the
+/// world; `Fetch*` (REST-style unary) is not served.
+pub struct XdsGrpc<K> {
+    ctx: Arc<StreamContext>,
+    _kind: PhantomData<fn() -> K>,
+}
+
+impl<K> Clone for XdsGrpc<K> {
+    fn clone(&self) -> Self {
+        XdsGrpc {
+            ctx: self.ctx.clone(),
+            _kind: PhantomData,
+        }
+    }
+}
+
+impl<K: Kind> NamedService for XdsGrpc<K> {
+    const NAME: &'static str = K::NAME;
+}
+
+impl<K, B> tower::Service<http::Request<B>> for XdsGrpc<K>
+where
+    K: Kind,
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let method = req.uri().path().rsplit('/').next().unwrap_or_default();
+        let ctx = self.ctx.clone();
+        let service = K::SERVICE;
+        if method.starts_with("Delta") {
+            Box::pin(async move {
+                let mut grpc = Grpc::new(XdsCodec::<DeltaDiscoveryRequest>::default());
+                Ok(grpc
+                    .streaming(Method::<DeltaDiscoveryRequest>::new(ctx, service), req)
+                    .await)
+            })
+        } else if method.starts_with("Stream") {
+            Box::pin(async move {
+                let mut grpc = Grpc::new(XdsCodec::<DiscoveryRequest>::default());
+                Ok(grpc
+                    .streaming(Method::<DiscoveryRequest>::new(ctx, service), req)
+                    .await)
+            })
+        } else {
+            Box::pin(async move {
+                Ok(Status::unimplemented("meshgate serves xDS over streams only").into_http())
+            })
+        }
+    }
+}
+
+struct Method<Req> {
+    ctx: Arc<StreamContext>,
+    service: Service,
+    _req: PhantomData<fn() -> Req>,
+}
+
+impl<Req> Method<Req> {
+    fn new(ctx: Arc<StreamContext>, service: Service) -> Self {
+        Method {
+            ctx,
+            service,
+            _req: PhantomData,
+        }
+    }
+}
+
+trait ProtocolOf {
+    const PROTOCOL: Protocol;
+}
+
+impl ProtocolOf for DeltaDiscoveryRequest {
+    const PROTOCOL: Protocol = Protocol::Delta;
+}
+
+impl ProtocolOf for DiscoveryRequest {
+    const PROTOCOL: Protocol = Protocol::Sotw;
+}
+
+impl<Req> StreamingService<Req> for Method<Req>
+where
+    Req: stream::IntoRequest + prost::Message + Default + ProtocolOf,
+{
+    type Response = Bytes;
+    type ResponseStream = ReceiverStream<Result<Bytes, Status>>;
+    type Future = Ready<Result<tonic::Response<Self::ResponseStream>, Status>>;
+
+    fn call(&mut self, request: tonic::Request<Streaming<Req>>) -> Self::Future {
+        let peer = request.remote_addr();
+        // Capacity 1: at most one response waits for the transport; everything else is
+        // planned from the latest state when there is room (slow consumers get no backlog).
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(stream::run(
+            self.ctx.clone(),
+            Req::PROTOCOL,
+            self.service,
+            peer,
+            request.into_inner(),
+            tx,
+        ));
+        ready(Ok(tonic::Response::new(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,984 @@
+//! One xDS stream: the per-stream state machine shared by delta and state-of-the-world, ADS
+//! and the per-type services.
+//!
+//! Per resource type a stream keeps: the subscription (wildcard and/or explicit names), the
+//! *basis* — a pointer to the shared [`TypeSet`] the client was last brought up to, which is
+//! what the client has for every name it subscribes to — names to send regardless (`force`),
+//! and the nonces in flight. It never copies resources: the basis and every planned response
+//! hold `Arc`s into the store.
+//!
+//! A push is planned only when the outbound channel has room, from the latest group state, so
+//! a slow consumer gets the newest state when it is ready instead of a backlog (memory per
+//! stream is bounded by one planned push).
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::{Status, Streaming};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::node::{self, GroupKey};
+use super::resource::Entry;
+use super::store::{GroupState, Store, TypeSet, empty_set};
+use super::types::{ResourceType, TYPE_COUNT};
+use super::wire;
+use crate::metrics::Metrics;
+
+/// Delta (incremental) or state-of-the-world.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Delta,
+    Sotw,
+}
+
+/// Which gRPC service a stream came in on: ADS carries every type (and must name it), a
+/// per-type service only its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Service {
+    Ads,
+    Single(ResourceType),
+}
+
+impl Service {
+    fn label(self) -> &'static str {
+        match self {
+            Service::Ads => "ads",
+            Service::Single(t) => t.short(),
+        }
+    }
+}
+
+/// In-flight responses kept per type for ACK matching; older ones are forgotten (a client
+/// that never ACKs cannot grow a stream's state).
+const MAX_INFLIGHT: usize = 16;
+
+/// What every stream of a server shares.
+pub struct StreamContext {
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub registry: Arc<StreamRegistry>,
+    pub default_datacenter: Arc<str>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Debug registry (`/debug/streams`)
+
+/// The live streams, for the admin API. Each stream's entry is removed when the stream ends.
+#[derive(Default)]
+pub struct StreamRegistry {
+    next_id: AtomicU64,
+    streams: DashMap<u64, Arc<StreamInfo>>,
+}
+
+impl StreamRegistry {
+    pub fn len(&self) -> usize {
+        self.streams.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+
+    pub fn snapshot(&self) -> Vec<StreamView> {
+        let mut v: Vec<StreamView> = self.streams.iter().map(|s| s.value().view()).collect();
+        v.sort_by_key(|s| s.id);
+        v
+    }
+
+    fn register(self: &Arc<Self>, info: StreamInfo) -> RegistryGuard {
+        let info = Arc::new(info);
+        self.streams.insert(info.id, info.clone());
+        RegistryGuard {
+            registry: self.clone(),
+            info,
+        }
+    }
+}
+
+struct RegistryGuard {
+    registry: Arc<StreamRegistry>,
+    info: Arc<StreamInfo>,
+}
+
+impl Drop for RegistryGuard {
+    fn drop(&mut self) {
+        self.registry.streams.remove(&self.info.id);
+    }
+}
+
+pub struct StreamInfo {
+    id: u64,
+    node_id: String,
+    group: GroupKey,
+    protocol: Protocol,
+    service: Service,
+    peer: Option<SocketAddr>,
+    connected_at: u64,
+    types: Mutex<[TypeView; TYPE_COUNT]>,
+}
+
+impl StreamInfo {
+    fn view(&self) -> StreamView {
+        let types = self.types.lock();
+        StreamView {
+            id: self.id,
+            node_id: self.node_id.clone(),
+            group: self.group.to_string(),
+            protocol: self.protocol,
+            service: self.service.label(),
+            peer: self.peer.map(|p| p.to_string()),
+            connected_at_unix: self.connected_at,
+            types: ResourceType::ADD_ORDER
+                .into_iter()
+                .filter(|t| types[t.index()].subscribed.is_some())
+                .map(|t| (t.short(), types[t.index()].clone()))
+                .collect(),
+        }
+    }
+}
+
+/// One stream as `/debug/streams` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct StreamView {
+    pub id: u64,
+    pub node_id: String,
+    pub group: String,
+    pub protocol: Protocol,
+    pub service: &'static str,
+    pub peer: Option<String>,
+    pub connected_at_unix: u64,
+    pub types: HashMap<&'static str, TypeView>,
+}
+
+/// One type of one stream as `/debug/streams` shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TypeView {
+    /// `"*"`, `"* + N names"` or `"N names"`; absent until the client asks for the type.
+    pub subscribed: Option<String>,
+    pub sent_version: Option<String>,
+    pub sent_nonce: Option<String>,
+    pub acked_version: Option<String>,
+    pub acked_nonce: Option<String>,
+    pub responses_sent: u64,
+    pub last_nack: Option<NackView>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NackView {
+    pub nonce: String,
+    pub version: String,
+    pub message: String,
+    pub at_unix: u64,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Requests, normalized
+
+/// A request of either protocol.
+pub enum Request {
+    Delta(DeltaDiscoveryRequest),
+    Sotw(DiscoveryRequest),
+}
+
+impl Request {
+    fn node(&self) -> Option<&Node> {
+        match self {
+            Request::Delta(r) => r.node.as_ref(),
+            Request::Sotw(r) => r.node.as_ref(),
+        }
+    }
+
+    fn type_url(&self) -> &str {
+        match self {
+            Request::Delta(r) => &r.type_url,
+            Request::Sotw(r) => &r.type_url,
+        }
+    }
+}
+
+pub trait IntoRequest: Send + 'static {
+    fn into_request(self) -> Request;
+}
+
+impl IntoRequest for DeltaDiscoveryRequest {
+    fn into_request(self) -> Request {
+        Request::Delta(self)
+    }
+}
+
+impl IntoRequest for DiscoveryRequest {
+    fn into_request(self) -> Request {
+        Request::Sotw(self)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Per-type state
+
+/// Explicitly subscribed names: a sorted vector (half the memory of a hash set; Envoy
+/// subscribes in batches, and lookups are per changed name).
+#[derive(Default)]
+struct NameSet(Vec<Arc<str>>);
+
+impl NameSet {
+    fn contains(&self, name: &str) -> bool {
+        self.0.binary_search_by(|n| (**n).cmp(name)).is_ok()
+    }
+
+    fn insert(&mut self, name: Arc<str>) -> bool {
+        match self.0.binary_search_by(|n| (**n).cmp(&name)) {
+            Ok(_) => false,
+            Err(i) => {
+                self.0.insert(i, name);
+                true
+            }
+        }
+    }
+
+    fn remove(&mut self, name: &str) -> bool {
+        match self.0.binary_search_by(|n| (**n).cmp(name)) {
+            Ok(i) => {
+                self.0.remove(i);
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.0.iter()
+    }
+}
+
+struct Inflight {
+    nonce: u64,
+    version: Arc<str>,
+    /// Start of the convergence clock when the response carried published changes.
+    publish: Option<Instant>,
+}
+
+struct TypeState {
+    /// A request of this type arrived on the stream.
+    active: bool,
+    wildcard: bool,
+    /// Legacy wildcard: only while no request of this type ever named resources (R11).
+    named_before: bool,
+    names: NameSet,
+    /// What the client has: for every subscribed name, the basis' entry (R17, R29).
+    basis: Arc<TypeSet>,
+    /// The first response has been planned (before it, the basis is empty and `initial`
+    /// holds what a reconnecting delta client says it has, R18).
+    planned_once: bool,
+    initial: HashMap<Arc<str>, Arc<str>>,
+    /// Names to send (or report removed) in the next response whatever the versions say:
+    /// new subscriptions, R13/R14 warming, R19.
+    force: HashSet<Arc<str>>,
+    /// Respond even with nothing to send (R21; state-of-the-world first and changed requests).
+    respond: bool,
+    last_nonce: Option<u64>,
+    inflight: VecDeque<Inflight>,
+}
+
+impl TypeState {
+    fn new(empty: Arc<TypeSet>) -> TypeState {
+        TypeState {
+            active: false,
+            wildcard: false,
+            named_before: false,
+            names: NameSet::default(),
+            basis: empty,
+            planned_once: false,
+            initial: HashMap::new(),
+            force: HashSet::new(),
+            respond: false,
+            last_nonce: None,
+            inflight: VecDeque::new(),
+        }
+    }
+
+    fn subscribed(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
+    fn subscription_label(&self) -> String {
+        match (self.wildcard, self.names.len()) {
+            (true, 0) => "*".into(),
+            (true, n) => format!("* + {n} names"),
+            (false, n) => format!("{n} names"),
+        }
+    }
+
+    /// The version the client has for `name`, as far as the server knows.
+    fn client_version<'a>(&'a self, name: &str) -> Option<&'a str> {
+        if !self.planned_once {
+            return self.initial.get(name).map(|v| &**v);
+        }
+        self.basis.get(name).map(|e| &*e.version)
+    }
+}
+
+/// One planned response, built from the latest state when the channel has room.
+struct Planned {
+    ty: ResourceType,
+    upserts: Vec<Arc<Entry>>,
+    removals: Vec<Arc<str>>,
+    /// State-of-the-world only: the response is the complete subscribed set (LDS/CDS).
+    full_state: bool,
+    version: Arc<str>,
+    publish: Option<Instant>,
+    respond_even_if_empty: bool,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The stream
+
+struct Stream {
+    ctx: Arc<StreamContext>,
+    protocol: Protocol,
+    service: Service,
+    current: Arc<GroupState>,
+    /// `current` has not been planned against yet.
+    state_changed: bool,
+    /// When the work now pending was noticed (push duration).
+    work_since: Option<Instant>,
+    types: [TypeState; TYPE_COUNT],
+    outbox: VecDeque<Planned>,
+    next_nonce: u64,
+    info: Arc<StreamInfo>,
+}
+
+/// Serves one stream until the client closes it or a protocol error ends it. Responses go to
+/// `tx`; a protocol error is sent as the stream's final status.
+pub async fn run<Req: IntoRequest + prost::Message>(
+    ctx: Arc<StreamContext>,
+    protocol: Protocol,
+    service: Service,
+    peer: Option<SocketAddr>,
+    mut inbound: Streaming<Req>,
+    tx: mpsc::Sender<Result<Bytes, Status>>,
+) {
+    // R1: the node comes with the first request; it places the stream in its group.
+    let first = match inbound.message().await {
+        Ok(Some(r)) => r.into_request(),
+        Ok(None) | Err(_) => return,
+    };
+    let group = match node::place(first.node(), &ctx.default_datacenter) {
+        Ok(g) => g,
+        Err(e) => {
+            warn!(error = %e, peer = ?peer, "refusing xDS stream");
+            ctx.metrics.stream_errors.inc();
+            let _ = tx.send(Err(Status::invalid_argument(e.to_string()))).await;
+            return;
+        }
+    };
+    let node_id = first.node().map(|n| n.id.clone()).unwrap_or_default();
+    let id = ctx.registry.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+    let span = info_span!("xds_stream", id, node = %node_id, group = %group,
+        protocol = ?protocol, service = service.label());
+    async move {
+        let guard = ctx.registry.register(StreamInfo {
+            id,
+            node_id: node_id.clone(),
+            group: group.clone(),
+            protocol,
+            service,
+            peer,
+            connected_at: unix_now(),
+            types: Mutex::new(Default::default()),
+        });
+        let gauge = match protocol {
+            Protocol::Delta => ctx.metrics.streams_delta.clone(),
+            Protocol::Sotw => ctx.metrics.streams_sotw.clone(),
+        };
+        gauge.inc();
+        info!("stream connected");
+        let mut sub = ctx.store.subscribe(&group);
+        let current = sub.receiver().borrow_and_update().clone();
+        let mut stream = Stream {
+            types: std::array::from_fn(|_| TypeState::new(empty_set())),
+            ctx: ctx.clone(),
+            protocol,
+            service,
+            current,
+            state_changed: false,
+            work_since: None,
+            outbox: VecDeque::new(),
+            next_nonce: 0,
+            info: guard.info.clone(),
+        };
+        let outcome = stream.serve(first, &mut inbound, sub.receiver(), &tx).await;
+        match outcome {
+            Ok(()) => info!("stream closed"),
+            Err(status) => {
+                warn!(error = %status.message(), "stream ended by protocol error");
+                ctx.metrics.stream_errors.inc();
+                let _ = tx.send(Err(status)).await;
+            }
+        }
+        gauge.dec();
+        // Everything the stream held — subscriptions, basis pointers, planned responses, its
+        // registry entry and group subscription — is dropped here (R23, R24).
+        drop(stream);
+        drop(sub);
+        drop(guard);
+    }
+    .instrument(span)
+    .await
+}
+
+impl Stream {
+    async fn serve<Req: IntoRequest + prost::Message>(
+        &mut self,
+        first: Request,
+        inbound: &mut Streaming<Req>,
+        state_rx: &mut tokio::sync::watch::Receiver<Arc<GroupState>>,
+        tx: &mpsc::Sender<Result<Bytes, Status>>,
+    ) -> Result<(), Status> {
+        self.on_request(first)?;
+        loop {
+            let has_work = self.has_work();
+            tokio::select! {
+                biased;
+                msg = inbound.message() => match msg {
+                    Ok(Some(req)) => self.on_request(req.into_request())?,
+                    Ok(None) => return Ok(()),
+                    Err(status) => {
+                        debug!(error = %status, "inbound stream error");
+                        return Ok(());
+                    }
+                },
+                changed = state_rx.changed() => {
+                    if changed.is_err() {
+                        // The group was removed from the store: keep serving the last state.
+                        std::future::pending::<()>().await;
+                    }
+                    self.current = state_rx.borrow_and_update().clone();
+                    self.state_changed = true;
+                    self.work_since.get_or_insert_with(Instant::now);
+                },
+                permit = tx.reserve(), if has_work => {
+                    let Ok(permit) = permit else { return Ok(()) };
+                    if let Some(bytes) = self.next_response() {
+                        permit.send(Ok(bytes));
+                    }
+                }
+            }
+        }
+    }
+
+    fn has_work(&self) -> bool {
+        !self.outbox.is_empty()
+            || (self.state_changed && self.types.iter().any(|t| t.active))
+            || self
+                .types
+                .iter()
+                .any(|t| t.active && (t.respond || !t.force.is_empty()))
+    }
+
+    fn mark_work(&mut self) {
+        self.work_since.get_or_insert_with(Instant::now);
+    }
+
+    // -- requests ------------------------------------------------------------------------------
+
+    fn on_request(&mut self, req: Request) -> Result<(), Status> {
+        let ty = match (self.service, req.type_url()) {
+            (Service::Ads, "") => {
+                // R2
+                return Err(Status::invalid_argument(
+                    "type_url is required on an aggregated (ADS) stream",
+                ));
+            }
+            (Service::Ads, url) => match ResourceType::from_type_url(url) {
+                Some(t) => t,
+                None => {
+                    debug!(type_url = url, "request for a type meshgate does not serve");
+                    return Ok(());
+                }
+            },
+            (Service::Single(t), "") => t,
+            (Service::Single(t), url) if url == t.type_url() => t,
+            (Service::Single(t), url) => {
+                return Err(Status::invalid_argument(format!(
+                    "type_url {url} on the {} service, which serves only {}",
+                    t.short(),
+                    t.type_url()
+                )));
+            }
+        };
+        match req {
+            Request::Delta(r) => self.on_delta(ty, r),
+            Request::Sotw(r) => self.on_sotw(ty, r),
+        }
+        let t = &self.types[ty.index()];
+        self.info.types.lock()[ty.index()].subscribed = Some(t.subscription_label());
+        Ok(())
+    }
+
+    fn intern(&self, ty: ResourceType, name: &str) -> Arc<str> {
+        match self.current.set(ty).resources.get_key_value(name) {
+            Some((k, _)) => k.clone(),
+            None => Arc::from(name),
+        }
+    }
+
+    fn on_delta(&mut self, ty: ResourceType, r: DeltaDiscoveryRequest) {
+        // ACK / NACK first (R7: the subscription changes below apply whatever the nonce).
+        if !r.response_nonce.is_empty() {
+            self.on_reply(ty, &r.response_nonce, r.error_detail.as_ref(), false);
+        }
+        let initial: Vec<(Arc<str>, Arc<str>)> = if self.types[ty.index()].active {
+            Vec::new()
+        } else {
+            r.initial_resource_versions
+                .iter()
+                .map(|(n, v)| (self.intern(ty, n), Arc::from(v.as_str())))
+                .collect()
+        };
+        let subscribe: Vec<Arc<str>> = r
+            .resource_names_subscribe
+            .iter()
+            .filter(|n| *n != "*")
+            .map(|n| self.intern(ty, n))
+            .collect();
+        let sub_wildcard = r.resource_names_subscribe.iter().any(|n| n == "*");
+        let t = &mut self.types[ty.index()];
+        let first = !t.active;
+        if first {
+            t.active = true;
+            t.initial = initial.into_iter().collect();
+            // R11: a first request that names nothing is a (legacy) wildcard subscription.
+            if r.resource_names_subscribe.is_empty() && r.resource_names_unsubscribe.is_empty() {
+                t.wildcard = true;
+            }
+        }
+        if sub_wildcard {
+            t.wildcard = true;
+        }
+        if !r.resource_names_subscribe.is_empty() {
+            t.named_before = true;
+        }
+        for name in subscribe {
+            // A subscribed name is always answered (the client may have forgotten it), except
+            // on a reconnect that reports the version it has (R18): then only if it differs.
+            if !(first && t.initial.contains_key(&name)) {
+                t.force.insert(name.clone());
+            }
+            t.names.insert(name);
+        }
+        for name in &r.resource_names_unsubscribe {
+            if name == "*" {
+                t.wildcard = false;
+                continue;
+            }
+            // R20: unknown names are ignored.
+            t.names.remove(name);
+            t.force.remove(&**name);
+            if t.wildcard {
+                // R19: still covered by the wildcard: send it again, or say it is gone.
+                let name = match self.current.set(ty).resources.get_key_value(name.as_str()) {
+                    Some((k, _)) => k.clone(),
+                    None => Arc::from(name.as_str()),
+                };
+                t.force.insert(name);
+            }
+        }
+        // R21: the first wildcard request is answered even when there is nothing to send.
+        if first && t.wildcard {
+            t.respond = true;
+        }
+        if t.respond || !t.force.is_empty() {
+            self.mark_work();
+        }
+    }
+
+    fn on_sotw(&mut self, ty: ResourceType, r: DiscoveryRequest) {
+        let idx = ty.index();
+        let first = !self.types[idx].active;
+        let stale = if r.response_nonce.is_empty() {
+            false
+        } else {
+            let latest = self.types[idx].last_nonce.map(|n| format!("{n:x}"));
+            if latest.as_deref() == Some(r.response_nonce.as_str()) {
+                self.on_reply(ty, &r.response_nonce, r.error_detail.as_ref(), true);
+                false
+            } else {
+                // R6: a stale nonce is not an ACK or NACK of anything current.
+                self.ctx.metrics.expired_nonces.get(ty).inc();
+                debug!(%ty, nonce = %r.response_nonce, "request with an expired nonce");
+                true
+            }
+        };
+
+        let mut wanted: Vec<Arc<str>> = r
+            .resource_names
+            .iter()
+            .filter(|n| *n != "*")
+            .map(|n| self.intern(ty, n))
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let explicit_star = r.resource_names.iter().any(|n| n == "*");
+        let t = &mut self.types[idx];
+        t.active = true;
+        // R11: empty names are a wildcard only until the client has named something.
+        let wildcard = explicit_star || (r.resource_names.is_empty() && !t.named_before);
+        if !r.resource_names.is_empty() {
+            t.named_before = true;
+        }
+        let newly_wildcard = wildcard && !t.wildcard;
+        let added: Vec<Arc<str>> = wanted
+            .iter()
+            .filter(|n| !t.names.contains(n))
+            .cloned()
+            .collect();
+        // R6, the safer variant (envoy#10363): a stale request is no ACK, but its subscription
+        // is applied: names it adds are sent, names it drops are not pushed any more.
+        let _ = stale;
+        t.wildcard = wildcard;
+        t.names = NameSet(wanted);
+        // R10: newly requested names are sent even if unchanged since sent unasked.
+        for n in added {
+            t.force.insert(n);
+        }
+        // The first request of a wildcard or full-state type is always answered: an empty
+        // LDS/CDS means "none", and Envoy needs it to finish initializing.
+        if (first || newly_wildcard) && (t.wildcard || ty.sotw_full_state()) {
+            t.respond = true;
+        }
+        if t.respond || !t.force.is_empty() {
+            self.mark_work();
+        }
+    }
+
+    /// An ACK or NACK of `nonce` of type `ty`.
+    fn on_reply(
+        &mut self,
+        ty: ResourceType,
+        nonce: &str,
+        error: Option<&envoy_types::pb::google::rpc::Status>,
+        sotw: bool,
+    ) {
+        let t = &mut self.types[ty.index()];
+        let Ok(n) = u64::from_str_radix(nonce, 16) else {
+            self.ctx.metrics.expired_nonces.get(ty).inc();
+            return;
+        };
+        let Some(pos) = t.inflight.iter().position(|f| f.nonce == n) else {
+            if !sotw {
+                self.ctx.metrics.expired_nonces.get(ty).inc();
+            }
+            return;
+        };
+        // Responses before this one will not be answered any more.
+        let flight = t
+            .inflight
+            .drain(..=pos)
+            .last()
+            .expect("position is in range");
+        let mut view = self.info.types.lock();
+        let view = &mut view[ty.index()];
+        match error {
+            Some(err) => {
+                // R5: record it; never answer a NACK by resending the same version.
+                self.ctx.metrics.rejects.get(ty).inc();
+                warn!(%ty, version = %flight.version, nonce, error = %err.message,
+                    "Envoy rejected a response (NACK)");
+                view.last_nack = Some(NackView {
+                    nonce: nonce.to_owned(),
+                    version: flight.version.to_string(),
+                    message: err.message.clone(),
+                    at_unix: unix_now(),
+                });
+            }
+            None => {
+                self.ctx.metrics.acks.get(ty).inc();
+                if let Some(start) = flight.publish {
+                    self.ctx
+                        .metrics
+                        .convergence
+                        .observe(start.elapsed().as_secs_f64());
+                }
+                view.acked_version = Some(flight.version.to_string());
+                view.acked_nonce = Some(nonce.to_owned());
+            }
+        }
+    }
+
+    // -- pushes --------------------------------------------------------------------------------
+
+    /// The next response to send, planning a push from the latest state when nothing is
+    /// queued. `None` when there is nothing to send after all.
+    fn next_response(&mut self) -> Option<Bytes> {
+        loop {
+            if let Some(p) = self.outbox.pop_front() {
+                if let Some(bytes) = self.encode(p) {
+                    return Some(bytes);
+                }
+                continue;
+            }
+            let needs_plan = (self.state_changed && self.types.iter().any(|t| t.active))
+                || self
+                    .types
+                    .iter()
+                    .any(|t| t.active && (t.respond || !t.force.is_empty()));
+            if !needs_plan {
+                self.work_since = None;
+                return None;
+            }
+            self.plan();
+        }
+    }
+
+    /// Plans one push: every active type compared with the latest state; additions and
+    /// changes in CDS → EDS → LDS → RDS → SDS order, then removals in LDS → RDS → CDS → EDS →
+    /// SDS order (R15, make before break).
+    fn plan(&mut self) {
+        let state = self.current.clone();
+        let publish = if self.state_changed {
+            state.first_publish
+        } else {
+            None
+        };
+        self.state_changed = false;
+        let mut removals: Vec<Planned> = Vec::new();
+        for ty in ResourceType::ADD_ORDER {
+            let (up, rm, warm) = self.diff(&state, ty);
+            let t = &mut self.types[ty.index()];
+            if !t.active {
+                continue;
+            }
+            let current = state.set(ty).clone();
+            let version = current.version.clone();
+            let respond = std::mem::take(&mut t.respond);
+            let old_basis = std::mem::replace(&mut t.basis, current);
+            t.planned_once = true;
+            t.initial = HashMap::new();
+            // R13/R14: what the sent clusters and listeners warm must come again.
+            if let Some((wty, names)) = warm {
+                let w = &mut self.types[wty.index()];
+                if w.active {
+                    w.force.extend(names);
+                }
+            }
+            let plan = |upserts, removals, full_state, version, respond_even_if_empty| Planned {
+                ty,
+                upserts,
+                removals,
+                full_state,
+                version,
+                publish,
+                respond_even_if_empty,
+            };
+            match self.protocol {
+                Protocol::Delta => {
+                    // Additions now; removals after every type's additions.
+                    if !up.is_empty() || (respond && rm.is_empty()) {
+                        self.outbox.push_back(plan(
+                            up,
+                            Vec::new(),
+                            false,
+                            version.clone(),
+                            respond,
+                        ));
+                    }
+                    if !rm.is_empty() {
+                        removals.push(plan(Vec::new(), rm, false, version, false));
+                    }
+                }
+                Protocol::Sotw if ty.sotw_full_state() => {
+                    if up.is_empty() && rm.is_empty() && !respond {
+                        continue;
+                    }
+                    let t = &self.types[ty.index()];
+                    let mut all: Vec<Arc<Entry>> = if t.wildcard {
+                        t.basis.resources.values().cloned().collect()
+                    } else {
+                        t.names
+                            .iter()
+                            .filter_map(|n| t.basis.get(n).cloned())
+                            .collect()
+                    };
+                    all.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+                    if rm.is_empty() {
+                        self.outbox
+                            .push_back(plan(all, Vec::new(), true, version, true));
+                        continue;
+                    }
+                    if !up.is_empty() {
+                        // Make before break: first the new set plus what goes away, then (in
+                        // the removal phase) the new set alone.
+                        let mut with_old = all.clone();
+                        with_old.extend(rm.iter().filter_map(|n| old_basis.get(n).cloned()));
+                        with_old.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+                        let interim = Arc::from(format!("{version}+"));
+                        self.outbox
+                            .push_back(plan(with_old, Vec::new(), true, interim, true));
+                    }
+                    removals.push(plan(all, Vec::new(), true, version, true));
+                }
+                Protocol::Sotw => {
+                    // R10: only what changed or was newly asked for; no removal mechanism.
+                    if !up.is_empty() || respond {
+                        self.outbox
+                            .push_back(plan(up, Vec::new(), false, version, respond));
+                    }
+                }
+            }
+        }
+        removals.sort_by_key(|p| {
+            ResourceType::REMOVE_ORDER
+                .iter()
+                .position(|t| *t == p.ty)
+                .unwrap_or(0)
+        });
+        self.outbox.extend(removals);
+    }
+
+    /// Compares what the client has of `ty` with `state`: (upserts, removals, names of the
+    /// warmed type to force). Costs O(changed names) unless the basis predates the change log
+    /// or this is the type's first response (then O(subscribed names)).
+    #[allow(clippy::type_complexity)]
+    fn diff(
+        &mut self,
+        state: &GroupState,
+        ty: ResourceType,
+    ) -> (
+        Vec<Arc<Entry>>,
+        Vec<Arc<str>>,
+        Option<(ResourceType, Vec<Arc<str>>)>,
+    ) {
+        let t = &mut self.types[ty.index()];
+        if !t.active {
+            return (Vec::new(), Vec::new(), None);
+        }
+        let current = state.set(ty);
+        let force = std::mem::take(&mut t.force);
+        let mut candidates: Vec<&Arc<str>> = Vec::new();
+        let full = !t.planned_once
+            || match state.changed_since(ty, t.basis.generation) {
+                Some(changed) if !Arc::ptr_eq(&t.basis, current) => {
+                    candidates.extend(changed);
+                    false
+                }
+                Some(_) => false,
+                None => true,
+            };
+        if full {
+            if t.wildcard {
+                candidates.extend(current.resources.keys());
+                candidates.extend(t.basis.resources.keys());
+            }
+            candidates.extend(t.names.iter());
+            candidates.extend(t.initial.keys());
+        }
+        candidates.extend(force.iter());
+        let mut seen: HashSet<&str> = HashSet::with_capacity(candidates.len());
+        let mut upserts = Vec::new();
+        let mut removals = Vec::new();
+        for name in candidates {
+            if !seen.insert(name) || !t.subscribed(name) {
+                continue;
+            }
+            let want = current.get(name);
+            let have = t.client_version(name);
+            let forced = force.contains(&**name);
+            match (want, have) {
+                (Some(w), Some(h)) if *w.version == *h && !forced => {}
+                (Some(w), _) => upserts.push(w.clone()),
+                (None, Some(_)) => removals.push(name.clone()),
+                (None, None) if forced && self.protocol == Protocol::Delta => {
+                    // R12: tell the client it does not exist, and keep the subscription.
+                    removals.push(name.clone())
+                }
+                (None, None) => {}
+            }
+        }
+        upserts.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        removals.sort_unstable();
+        let warm = upserts.first().and_then(|e| e.warmed_type()).map(|wty| {
+            let names: Vec<Arc<str>> = upserts
+                .iter()
+                .flat_map(|e| e.warms.iter().cloned())
+                .collect();
+            (wty, names)
+        });
+        (upserts, removals, warm)
+    }
+
+    /// Encodes a planned response against the subscription as it is now (R26: nothing the
+    /// client no longer subscribes to). `None` when nothing is left to send.
+    fn encode(&mut self, p: Planned) -> Option<Bytes> {
+        let t = &mut self.types[p.ty.index()];
+        let upserts: Vec<Arc<Entry>> = if t.wildcard {
+            p.upserts
+        } else {
+            p.upserts
+                .into_iter()
+                .filter(|e| t.names.contains(&e.name))
+                .collect()
+        };
+        let removals: Vec<Arc<str>> = p.removals.into_iter().filter(|n| t.subscribed(n)).collect();
+        if upserts.is_empty() && removals.is_empty() && !p.respond_even_if_empty && !p.full_state {
+            return None;
+        }
+        self.next_nonce += 1;
+        let nonce = self.next_nonce;
+        let nonce_text = format!("{nonce:x}");
+        let url = p.ty.type_url();
+        let bytes = match self.protocol {
+            Protocol::Delta => {
+                wire::delta_response(url, &p.version, &nonce_text, &upserts, &removals)
+            }
+            Protocol::Sotw => wire::sotw_response(url, &p.version, &nonce_text, upserts.iter()),
+        };
+        t.last_nonce = Some(nonce);
+        if t.inflight.len() == MAX_INFLIGHT {
+            t.inflight.pop_front();
+        }
+        t.inflight.push_back(Inflight {
+            nonce,
+            version: p.version.clone(),
+            publish: p.publish,
+        });
+        let m = &self.ctx.metrics;
+        m.pushes.get(p.ty).inc();
+        m.push_bytes.get(p.ty).observe(bytes.len() as f64);
+        if let Some(since) = self.work_since {
+            m.push_duration.observe(since.elapsed().as_secs_f64());
+        }
+        {
+            let mut views = self.info.types.lock();
+            let v = &mut views[p.ty.index()];
+            v.sent_version = Some(p.version.to_string());
+            v.sent_nonce = Some(nonce_text);
+            v.responses_sent += 1;
+        }
+        debug!(ty = %p.ty, resources = upserts.len(), removed = removals.len(),
+            bytes = bytes.len(), nonce, "response");
+        Some(bytes)
+    }
+}
