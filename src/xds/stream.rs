@@ -298,6 +298,8 @@ struct TypeState {
     force: HashSet<Arc<str>>,
     /// Respond even with nothing to send (R21; state-of-the-world first and changed requests).
     respond: bool,
+    /// The subscription changed in a way that needs a comparison (first request).
+    dirty: bool,
     last_nonce: Option<u64>,
     inflight: VecDeque<Inflight>,
 }
@@ -314,6 +316,7 @@ impl TypeState {
             initial: HashMap::new(),
             force: HashSet::new(),
             respond: false,
+            dirty: false,
             last_nonce: None,
             inflight: VecDeque::new(),
         }
@@ -338,6 +341,18 @@ impl TypeState {
         }
         self.basis.get(name).map(|e| &*e.version)
     }
+}
+
+/// What differs between what a client has of one type and the latest state.
+#[derive(Default)]
+struct Diff {
+    upserts: Vec<Arc<Entry>>,
+    /// Names the client has that are gone.
+    removals: Vec<Arc<str>>,
+    /// Names the client asked for that do not exist and that it never had (R12).
+    absent: Vec<Arc<str>>,
+    /// Names of the warmed type to send again (R13, R14).
+    warm: Option<(ResourceType, Vec<Arc<str>>)>,
 }
 
 /// One planned response, built from the latest state when the channel has room.
@@ -495,7 +510,7 @@ impl Stream {
             || self
                 .types
                 .iter()
-                .any(|t| t.active && (t.respond || !t.force.is_empty()))
+                .any(|t| t.active && (t.respond || t.dirty || !t.force.is_empty()))
     }
 
     fn mark_work(&mut self) {
@@ -569,14 +584,27 @@ impl Stream {
         let first = !t.active;
         if first {
             t.active = true;
+            t.dirty = true;
             t.initial = initial.into_iter().collect();
             // R11: a first request that names nothing is a (legacy) wildcard subscription.
             if r.resource_names_subscribe.is_empty() && r.resource_names_unsubscribe.is_empty() {
                 t.wildcard = true;
             }
         }
-        if sub_wildcard {
+        if sub_wildcard && !t.wildcard {
             t.wildcard = true;
+            if !first {
+                // Names the client dropped when it left the wildcard are sent again.
+                let dropped: Vec<Arc<str>> = self
+                    .current
+                    .set(ty)
+                    .resources
+                    .keys()
+                    .filter(|k| !t.names.contains(k))
+                    .cloned()
+                    .collect();
+                t.force.extend(dropped);
+            }
         }
         if !r.resource_names_subscribe.is_empty() {
             t.named_before = true;
@@ -610,7 +638,7 @@ impl Stream {
         if first && t.wildcard {
             t.respond = true;
         }
-        if t.respond || !t.force.is_empty() {
+        if t.respond || t.dirty || !t.force.is_empty() {
             self.mark_work();
         }
     }
@@ -650,6 +678,19 @@ impl Stream {
             t.named_before = true;
         }
         let newly_wildcard = wildcard && !t.wildcard;
+        if first {
+            t.dirty = true;
+        } else if newly_wildcard {
+            let dropped: Vec<Arc<str>> = self
+                .current
+                .set(ty)
+                .resources
+                .keys()
+                .filter(|k| !t.names.contains(k))
+                .cloned()
+                .collect();
+            t.force.extend(dropped);
+        }
         let added: Vec<Arc<str>> = wanted
             .iter()
             .filter(|n| !t.names.contains(n))
@@ -669,7 +710,7 @@ impl Stream {
         if (first || newly_wildcard) && (t.wildcard || ty.sotw_full_state()) {
             t.respond = true;
         }
-        if t.respond || !t.force.is_empty() {
+        if t.respond || t.dirty || !t.force.is_empty() {
             self.mark_work();
         }
     }
@@ -744,7 +785,7 @@ impl Stream {
                 || self
                     .types
                     .iter()
-                    .any(|t| t.active && (t.respond || !t.force.is_empty()));
+                    .any(|t| t.active && (t.respond || t.dirty || !t.force.is_empty()));
             if !needs_plan {
                 self.work_since = None;
                 return None;
@@ -766,7 +807,12 @@ impl Stream {
         self.state_changed = false;
         let mut removals: Vec<Planned> = Vec::new();
         for ty in ResourceType::ADD_ORDER {
-            let (up, rm, warm) = self.diff(&state, ty);
+            let Diff {
+                upserts: up,
+                removals: rm,
+                absent,
+                warm,
+            } = self.diff(&state, ty);
             let t = &mut self.types[ty.index()];
             if !t.active {
                 continue;
@@ -774,6 +820,7 @@ impl Stream {
             let current = state.set(ty).clone();
             let version = current.version.clone();
             let respond = std::mem::take(&mut t.respond);
+            t.dirty = false;
             let old_basis = std::mem::replace(&mut t.basis, current);
             t.planned_once = true;
             t.initial = HashMap::new();
@@ -795,15 +842,11 @@ impl Stream {
             };
             match self.protocol {
                 Protocol::Delta => {
-                    // Additions now; removals after every type's additions.
-                    if !up.is_empty() || (respond && rm.is_empty()) {
-                        self.outbox.push_back(plan(
-                            up,
-                            Vec::new(),
-                            false,
-                            version.clone(),
-                            respond,
-                        ));
+                    // Additions (and "does not exist" for names the client never had) now;
+                    // removals of what the client has after every type's additions.
+                    if !up.is_empty() || !absent.is_empty() || (respond && rm.is_empty()) {
+                        self.outbox
+                            .push_back(plan(up, absent, false, version.clone(), respond));
                     }
                     if !rm.is_empty() {
                         removals.push(plan(Vec::new(), rm, false, version, false));
@@ -858,22 +901,12 @@ impl Stream {
         self.outbox.extend(removals);
     }
 
-    /// Compares what the client has of `ty` with `state`: (upserts, removals, names of the
-    /// warmed type to force). Costs O(changed names) unless the basis predates the change log
+    /// Compares what the client has of `ty` with `state`. Costs O(changed names) unless the basis predates the change log
     /// or this is the type's first response (then O(subscribed names)).
-    #[allow(clippy::type_complexity)]
-    fn diff(
-        &mut self,
-        state: &GroupState,
-        ty: ResourceType,
-    ) -> (
-        Vec<Arc<Entry>>,
-        Vec<Arc<str>>,
-        Option<(ResourceType, Vec<Arc<str>>)>,
-    ) {
+    fn diff(&mut self, state: &GroupState, ty: ResourceType) -> Diff {
         let t = &mut self.types[ty.index()];
         if !t.active {
-            return (Vec::new(), Vec::new(), None);
+            return Diff::default();
         }
         let current = state.set(ty);
         let force = std::mem::take(&mut t.force);
@@ -899,6 +932,7 @@ impl Stream {
         let mut seen: HashSet<&str> = HashSet::with_capacity(candidates.len());
         let mut upserts = Vec::new();
         let mut removals = Vec::new();
+        let mut absent = Vec::new();
         for name in candidates {
             if !seen.insert(name) || !t.subscribed(name) {
                 continue;
@@ -912,13 +946,14 @@ impl Stream {
                 (None, Some(_)) => removals.push(name.clone()),
                 (None, None) if forced && self.protocol == Protocol::Delta => {
                     // R12: tell the client it does not exist, and keep the subscription.
-                    removals.push(name.clone())
+                    absent.push(name.clone())
                 }
                 (None, None) => {}
             }
         }
         upserts.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         removals.sort_unstable();
+        absent.sort_unstable();
         let warm = upserts.first().and_then(|e| e.warmed_type()).map(|wty| {
             let names: Vec<Arc<str>> = upserts
                 .iter()
@@ -926,7 +961,12 @@ impl Stream {
                 .collect();
             (wty, names)
         });
-        (upserts, removals, warm)
+        Diff {
+            upserts,
+            removals,
+            absent,
+            warm,
+        }
     }
 
     /// Encodes a planned response against the subscription as it is now (R26: nothing the
