@@ -26,9 +26,9 @@ $(ENVOY_BIN):
 	@test -x $(ENVOY_BIN) || { echo "envoy binary not found at $(ENVOY_BIN) after install" >&2; exit 1; }
 	@$(ENVOY_BIN) --version
 
-# The whole suite: unit tests, the xDS conformance suite, end-to-end tests against real Envoy,
-# and a short load-generator run that checks correctness counters only.
-test: envoy
+# The whole suite: formatting and clippy, unit tests, the xDS conformance suite, end-to-end
+# tests against real Envoy, and a short load-generator run that checks correctness counters only.
+test: envoy lint
 	$(CARGO) build --release --bin meshgate --bin meshgate-loadgen
 	ENVOY_BIN=$(CURDIR)/$(ENVOY_BIN) $(CARGO) test --workspace --release
 	./target/release/meshgate-loadgen --short

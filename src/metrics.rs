@@ -74,10 +74,10 @@ fn per_type<M: Clone, C: prometheus_client::metrics::family::MetricConstructor<M
     family: &Family<TypeLabels, M, C>,
 ) -> PerType<M> {
     PerType(ResourceType::ADD_ORDER.map(|t| {
-        let handle = family
+        // The guard ends with this closure call, before the next label is created.
+        family
             .get_or_create(&TypeLabels { r#type: t.into() })
-            .clone();
-        handle
+            .clone()
     }))
 }
 

@@ -10,7 +10,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -21,7 +20,9 @@ use tonic::{Status, Streaming};
 
 use super::stream::{self, Protocol, Service, StreamContext, StreamRegistry};
 use super::types::ResourceType;
-use super::wire::XdsCodec;
+use super::wire::{
+    DeltaRequest as DeltaDiscoveryRequest, SotwRequest as DiscoveryRequest, XdsCodec,
+};
 use crate::metrics::Metrics;
 use crate::xds::store::Store;
 

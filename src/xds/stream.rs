@@ -20,7 +20,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use dashmap::DashMap;
 use envoy_types::pb::envoy::config::core::v3::Node;
-use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -32,7 +31,9 @@ use super::node::{self, GroupKey};
 use super::resource::Entry;
 use super::store::{GroupState, Store, TypeSet, empty_set};
 use super::types::{ResourceType, TYPE_COUNT};
-use super::wire;
+use super::wire::{
+    self, DeltaRequest as DeltaDiscoveryRequest, SotwRequest as DiscoveryRequest, name_str,
+};
 use crate::metrics::Metrics;
 
 /// Delta (incremental) or state-of-the-world.
@@ -254,6 +255,22 @@ impl NameSet {
         }
     }
 
+    /// Adds a batch: one sort, and no spare capacity kept.
+    fn extend(&mut self, names: Vec<Arc<str>>) {
+        match names.len() {
+            0 => {}
+            1 => {
+                self.insert(names.into_iter().next().expect("one name"));
+            }
+            _ => {
+                self.0.extend(names);
+                self.0.sort_unstable();
+                self.0.dedup();
+                self.0.shrink_to_fit();
+            }
+        }
+    }
+
     fn remove(&mut self, name: &str) -> bool {
         match self.0.binary_search_by(|n| (**n).cmp(name)) {
             Ok(i) => {
@@ -275,6 +292,7 @@ impl NameSet {
 
 struct Inflight {
     nonce: u64,
+    bytes: usize,
     version: Arc<str>,
     /// Start of the convergence clock when the response carried published changes.
     publish: Option<Instant>,
@@ -343,6 +361,42 @@ impl TypeState {
     }
 }
 
+/// Largest response the server builds when it may split (delta; state-of-the-world types
+/// other than LDS and CDS). Every byte of a response is buffered once per stream on its way
+/// out, and the transport keeps buffers as large as the largest message it sent: bounded
+/// responses keep a stream's memory bounded whatever the size of the mesh, and keep Envoy's
+/// main thread from stalling on one huge update.
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024;
+
+/// Bytes a stream may have sent and not yet seen answered (ACK or NACK) before it sends more.
+/// Envoy answers every response; without this bound the transport would queue a whole initial
+/// push for a slow reader (hundreds of KiB per stream at 1,000 services). A single response
+/// larger than the budget still goes out when nothing else is unanswered.
+pub const SEND_BUDGET_BYTES: usize = 64 * 1024;
+
+/// Splits `entries` into runs of at most [`MAX_RESPONSE_BYTES`] (at least one entry each);
+/// always at least one run, possibly empty.
+fn chunk(entries: Vec<Arc<Entry>>, size: impl Fn(&Entry) -> usize) -> Vec<Vec<Arc<Entry>>> {
+    let total: usize = entries.iter().map(|e| size(e)).sum();
+    if total <= MAX_RESPONSE_BYTES {
+        return vec![entries];
+    }
+    let mut out = Vec::new();
+    let mut cur = Vec::new();
+    let mut cur_size = 0;
+    for e in entries {
+        let n = size(&e);
+        if !cur.is_empty() && cur_size + n > MAX_RESPONSE_BYTES {
+            out.push(std::mem::take(&mut cur));
+            cur_size = 0;
+        }
+        cur_size += n;
+        cur.push(e);
+    }
+    out.push(cur);
+    out
+}
+
 /// What differs between what a client has of one type and the latest state.
 #[derive(Default)]
 struct Diff {
@@ -382,6 +436,8 @@ struct Stream {
     types: [TypeState; TYPE_COUNT],
     outbox: VecDeque<Planned>,
     next_nonce: u64,
+    /// Bytes of responses in flight (sent, not yet answered).
+    unanswered: usize,
     info: Arc<StreamInfo>,
 }
 
@@ -442,6 +498,7 @@ pub async fn run<Req: IntoRequest + prost::Message>(
             work_since: None,
             outbox: VecDeque::new(),
             next_nonce: 0,
+            unanswered: 0,
             info: guard.info.clone(),
         };
         let outcome = stream.serve(first, &mut inbound, sub.receiver(), &tx).await;
@@ -505,6 +562,9 @@ impl Stream {
     }
 
     fn has_work(&self) -> bool {
+        if self.unanswered >= SEND_BUDGET_BYTES {
+            return false;
+        }
         !self.outbox.is_empty()
             || (self.state_changed && self.types.iter().any(|t| t.active))
             || self
@@ -544,6 +604,20 @@ impl Stream {
                 )));
             }
         };
+        let names_ok = match &req {
+            Request::Delta(r) => r
+                .resource_names_subscribe
+                .iter()
+                .chain(&r.resource_names_unsubscribe)
+                .all(|n| name_str(n).is_some()),
+            Request::Sotw(r) => r.resource_names.iter().all(|n| name_str(n).is_some()),
+        };
+        if !names_ok {
+            return Err(Status::invalid_argument(format!(
+                "a {} resource name in the request is not valid UTF-8",
+                ty.short()
+            )));
+        }
         match req {
             Request::Delta(r) => self.on_delta(ty, r),
             Request::Sotw(r) => self.on_sotw(ty, r),
@@ -576,6 +650,7 @@ impl Stream {
         let subscribe: Vec<Arc<str>> = r
             .resource_names_subscribe
             .iter()
+            .filter_map(name_str)
             .filter(|n| *n != "*")
             .map(|n| self.intern(ty, n))
             .collect();
@@ -609,27 +684,27 @@ impl Stream {
         if !r.resource_names_subscribe.is_empty() {
             t.named_before = true;
         }
-        for name in subscribe {
-            // A subscribed name is always answered (the client may have forgotten it), except
-            // on a reconnect that reports the version it has (R18): then only if it differs.
-            if !(first && t.initial.contains_key(&name)) {
-                t.force.insert(name.clone());
-            }
-            t.names.insert(name);
+        // A subscribed name is always answered (the client may have forgotten it), except on a
+        // reconnect that reports the version it has (R18): then only if it differs. Before the
+        // first response the full comparison covers every name, so the first request's names
+        // need no entry in `force`.
+        if t.planned_once {
+            t.force.extend(subscribe.iter().cloned());
         }
-        for name in &r.resource_names_unsubscribe {
+        t.names.extend(subscribe);
+        for name in r.resource_names_unsubscribe.iter().filter_map(name_str) {
             if name == "*" {
                 t.wildcard = false;
                 continue;
             }
             // R20: unknown names are ignored.
             t.names.remove(name);
-            t.force.remove(&**name);
+            t.force.remove(name);
             if t.wildcard {
                 // R19: still covered by the wildcard: send it again, or say it is gone.
-                let name = match self.current.set(ty).resources.get_key_value(name.as_str()) {
+                let name = match self.current.set(ty).resources.get_key_value(name) {
                     Some((k, _)) => k.clone(),
-                    None => Arc::from(name.as_str()),
+                    None => Arc::from(name),
                 };
                 t.force.insert(name);
             }
@@ -654,8 +729,10 @@ impl Stream {
                 self.on_reply(ty, &r.response_nonce, r.error_detail.as_ref(), true);
                 false
             } else {
-                // R6: a stale nonce is not an ACK or NACK of anything current.
+                // R6: a stale nonce is not an ACK or NACK of anything current, but it does
+                // answer the responses up to it.
                 self.ctx.metrics.expired_nonces.get(ty).inc();
+                self.release(ty, &r.response_nonce);
                 debug!(%ty, nonce = %r.response_nonce, "request with an expired nonce");
                 true
             }
@@ -664,11 +741,13 @@ impl Stream {
         let mut wanted: Vec<Arc<str>> = r
             .resource_names
             .iter()
+            .filter_map(name_str)
             .filter(|n| *n != "*")
             .map(|n| self.intern(ty, n))
             .collect();
         wanted.sort_unstable();
         wanted.dedup();
+        wanted.shrink_to_fit();
         let explicit_star = r.resource_names.iter().any(|n| n == "*");
         let t = &mut self.types[idx];
         t.active = true;
@@ -701,9 +780,10 @@ impl Stream {
         let _ = stale;
         t.wildcard = wildcard;
         t.names = NameSet(wanted);
-        // R10: newly requested names are sent even if unchanged since sent unasked.
-        for n in added {
-            t.force.insert(n);
+        // R10: newly requested names are sent even if unchanged since sent unasked (before the
+        // first response, the full comparison sends every named resource anyway).
+        if t.planned_once {
+            t.force.extend(added);
         }
         // The first request of a wildcard or full-state type is always answered: an empty
         // LDS/CDS means "none", and Envoy needs it to finish initializing.
@@ -712,6 +792,21 @@ impl Stream {
         }
         if t.respond || t.dirty || !t.force.is_empty() {
             self.mark_work();
+        }
+    }
+
+    /// Forgets the in-flight responses of `ty` up to `nonce` (answered, if late).
+    fn release(&mut self, ty: ResourceType, nonce: &str) {
+        let Ok(n) = u64::from_str_radix(nonce, 16) else {
+            return;
+        };
+        let t = &mut self.types[ty.index()];
+        while let Some(f) = t.inflight.front() {
+            if f.nonce > n {
+                break;
+            }
+            self.unanswered = self.unanswered.saturating_sub(f.bytes);
+            t.inflight.pop_front();
         }
     }
 
@@ -735,11 +830,12 @@ impl Stream {
             return;
         };
         // Responses before this one will not be answered any more.
-        let flight = t
-            .inflight
-            .drain(..=pos)
-            .last()
-            .expect("position is in range");
+        let mut flight = None;
+        for f in t.inflight.drain(..=pos) {
+            self.unanswered = self.unanswered.saturating_sub(f.bytes);
+            flight = Some(f);
+        }
+        let flight = flight.expect("position is in range");
         let mut view = self.info.types.lock();
         let view = &mut view[ty.index()];
         match error {
@@ -845,8 +941,23 @@ impl Stream {
                     // Additions (and "does not exist" for names the client never had) now;
                     // removals of what the client has after every type's additions.
                     if !up.is_empty() || !absent.is_empty() || (respond && rm.is_empty()) {
-                        self.outbox
-                            .push_back(plan(up, absent, false, version.clone(), respond));
+                        let chunks = chunk(up, |e| e.delta.len());
+                        let last = chunks.len() - 1;
+                        let mut absent = Some(absent);
+                        for (i, part) in chunks.into_iter().enumerate() {
+                            let notices = if i == last {
+                                absent.take().unwrap_or_default()
+                            } else {
+                                Vec::new()
+                            };
+                            self.outbox.push_back(plan(
+                                part,
+                                notices,
+                                false,
+                                version.clone(),
+                                respond && i == 0,
+                            ));
+                        }
                     }
                     if !rm.is_empty() {
                         removals.push(plan(Vec::new(), rm, false, version, false));
@@ -886,8 +997,15 @@ impl Stream {
                 Protocol::Sotw => {
                     // R10: only what changed or was newly asked for; no removal mechanism.
                     if !up.is_empty() || respond {
-                        self.outbox
-                            .push_back(plan(up, Vec::new(), false, version, respond));
+                        for (i, part) in chunk(up, |e| e.sotw.len()).into_iter().enumerate() {
+                            self.outbox.push_back(plan(
+                                part,
+                                Vec::new(),
+                                false,
+                                version.clone(),
+                                respond && i == 0,
+                            ));
+                        }
                     }
                 }
             }
@@ -929,17 +1047,22 @@ impl Stream {
             candidates.extend(t.initial.keys());
         }
         candidates.extend(force.iter());
-        let mut seen: HashSet<&str> = HashSet::with_capacity(candidates.len());
+        // Sorted and deduplicated: no name twice in a response (R22), and responses in name
+        // order.
+        candidates.sort_unstable();
+        candidates.dedup();
         let mut upserts = Vec::new();
         let mut removals = Vec::new();
         let mut absent = Vec::new();
         for name in candidates {
-            if !seen.insert(name) || !t.subscribed(name) {
+            if !t.subscribed(name) {
                 continue;
             }
             let want = current.get(name);
             let have = t.client_version(name);
-            let forced = force.contains(&**name);
+            // Before the first response, every explicitly named resource is answered.
+            let forced = force.contains(&**name)
+                || (!t.planned_once && t.names.contains(name) && !t.initial.contains_key(name));
             match (want, have) {
                 (Some(w), Some(h)) if *w.version == *h && !forced => {}
                 (Some(w), _) => upserts.push(w.clone()),
@@ -951,9 +1074,6 @@ impl Stream {
                 (None, None) => {}
             }
         }
-        upserts.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-        removals.sort_unstable();
-        absent.sort_unstable();
         let warm = upserts.first().and_then(|e| e.warmed_type()).map(|wty| {
             let names: Vec<Arc<str>> = upserts
                 .iter()
@@ -996,11 +1116,15 @@ impl Stream {
             Protocol::Sotw => wire::sotw_response(url, &p.version, &nonce_text, upserts.iter()),
         };
         t.last_nonce = Some(nonce);
-        if t.inflight.len() == MAX_INFLIGHT {
-            t.inflight.pop_front();
+        if t.inflight.len() == MAX_INFLIGHT
+            && let Some(old) = t.inflight.pop_front()
+        {
+            self.unanswered = self.unanswered.saturating_sub(old.bytes);
         }
+        self.unanswered += bytes.len();
         t.inflight.push_back(Inflight {
             nonce,
+            bytes: bytes.len(),
             version: p.version.clone(),
             publish: p.publish,
         });
