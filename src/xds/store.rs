@@ -138,11 +138,14 @@ impl GroupState {
         ty: ResourceType,
         since: u64,
     ) -> Option<impl Iterator<Item = &Arc<str>>> {
+        // Records are in generation order: walk back from the newest, O(changes since).
         (since >= self.log.floor).then(|| {
             self.log
                 .records
                 .iter()
-                .filter(move |r| r.ty == ty && r.generation > since)
+                .rev()
+                .take_while(move |r| r.generation > since)
+                .filter(move |r| r.ty == ty)
                 .flat_map(|r| r.names.iter())
         })
     }
