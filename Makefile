@@ -29,12 +29,12 @@ $(ENVOY_BIN):
 # The whole suite: formatting and clippy, unit tests, the xDS conformance suite, end-to-end
 # tests against real Envoy, and a short load-generator run that checks correctness counters only.
 test: envoy lint
-	$(CARGO) build --release --bin meshgate --bin meshgate-loadgen
+	$(CARGO) build --release --workspace --bins
 	ENVOY_BIN=$(CURDIR)/$(ENVOY_BIN) $(CARGO) test --workspace --release
 	./target/release/meshgate-loadgen --short
 
 bench:
-	$(CARGO) build --release --bin meshgate --bin meshgate-loadgen
+	$(CARGO) build --release --workspace --bins
 	./target/release/meshgate-loadgen
 
 lint:
