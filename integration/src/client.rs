@@ -131,6 +131,16 @@ impl DeltaClient {
         }
     }
 
+    /// The next response, or why there is none (stream error, end, timeout).
+    pub async fn try_recv(&mut self) -> Result<DeltaDiscoveryResponse, String> {
+        match tokio::time::timeout(RECV_TIMEOUT, self.rx.message()).await {
+            Ok(Ok(Some(r))) => Ok(r),
+            Ok(Ok(None)) => Err("stream ended".into()),
+            Ok(Err(s)) => Err(s.to_string()),
+            Err(_) => Err(format!("no response within {RECV_TIMEOUT:?}")),
+        }
+    }
+
     /// Receives the next response and ACKs it.
     pub async fn recv_ack(&mut self) -> DeltaDiscoveryResponse {
         let r = self.recv().await;
