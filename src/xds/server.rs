@@ -2,26 +2,27 @@
 //! all on the one state machine of [`super::stream`], with optional (mutual) TLS.
 
 use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
+use std::future::Future;
 use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::Status;
 use tonic::codegen::{BoxFuture, StdError};
-use tonic::server::{Grpc, NamedService, StreamingService};
+use tonic::server::NamedService;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
-use tonic::{Status, Streaming};
 
 use super::stream::{self, Protocol, Service, StreamContext, StreamRegistry};
 use super::types::ResourceType;
 use super::wire::{
-    DeltaRequest as DeltaDiscoveryRequest, SotwRequest as DiscoveryRequest, XdsCodec,
+    DeltaRequest as DeltaDiscoveryRequest, RequestFrames, ResponseFrames,
+    SotwRequest as DiscoveryRequest,
 };
 use crate::metrics::Metrics;
 use crate::xds::store::Store;
@@ -186,79 +187,46 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let method = req.uri().path().rsplit('/').next().unwrap_or_default();
-        let ctx = self.ctx.clone();
-        let service = K::SERVICE;
-        if method.starts_with("Delta") {
-            Box::pin(async move {
-                let mut grpc = Grpc::new(XdsCodec::<DeltaDiscoveryRequest>::default());
-                Ok(grpc
-                    .streaming(Method::<DeltaDiscoveryRequest>::new(ctx, service), req)
-                    .await)
-            })
+        let protocol = if method.starts_with("Delta") {
+            Protocol::Delta
         } else if method.starts_with("Stream") {
-            Box::pin(async move {
-                let mut grpc = Grpc::new(XdsCodec::<DiscoveryRequest>::default());
-                Ok(grpc
-                    .streaming(Method::<DiscoveryRequest>::new(ctx, service), req)
-                    .await)
-            })
+            Protocol::Sotw
         } else {
-            Box::pin(async move {
+            return Box::pin(async move {
                 Ok(Status::unimplemented("meshgate serves xDS over streams only").into_http())
-            })
-        }
-    }
-}
-
-struct Method<Req> {
-    ctx: Arc<StreamContext>,
-    service: Service,
-    _req: PhantomData<fn() -> Req>,
-}
-
-impl<Req> Method<Req> {
-    fn new(ctx: Arc<StreamContext>, service: Service) -> Self {
-        Method {
-            ctx,
-            service,
-            _req: PhantomData,
-        }
-    }
-}
-
-trait ProtocolOf {
-    const PROTOCOL: Protocol;
-}
-
-impl ProtocolOf for DeltaDiscoveryRequest {
-    const PROTOCOL: Protocol = Protocol::Delta;
-}
-
-impl ProtocolOf for DiscoveryRequest {
-    const PROTOCOL: Protocol = Protocol::Sotw;
-}
-
-impl<Req> StreamingService<Req> for Method<Req>
-where
-    Req: stream::IntoRequest + prost::Message + Default + ProtocolOf,
-{
-    type Response = Bytes;
-    type ResponseStream = ReceiverStream<Result<Bytes, Status>>;
-    type Future = Ready<Result<tonic::Response<Self::ResponseStream>, Status>>;
-
-    fn call(&mut self, request: tonic::Request<Streaming<Req>>) -> Self::Future {
-        let peer = request.remote_addr();
+            });
+        };
+        let peer = peer_addr(&req);
+        let body = req.into_body();
         // Capacity 1: at most one response waits for the transport; everything else is
         // planned from the latest state when there is room (slow consumers get no backlog).
         let (tx, rx) = mpsc::channel(1);
-        tokio::spawn(stream::run(
-            self.ctx.clone(),
-            Req::PROTOCOL,
-            self.service,
-            peer,
-            request.into_inner(),
-            tx,
-        ));
-        ready(Ok(tonic::Response::new(ReceiverStream::new(rx))))
+        let ctx = self.ctx.clone();
+        match protocol {
+            Protocol::Delta => {
+                let inbound = RequestFrames::<B, DeltaDiscoveryRequest>::new(body);
+                tokio::spawn(stream::run(ctx, protocol, K::SERVICE, peer, inbound, tx));
+            }
+            Protocol::Sotw => {
+                let inbound = RequestFrames::<B, DiscoveryRequest>::new(body);
+                tokio::spawn(stream::run(ctx, protocol, K::SERVICE, peer, inbound, tx));
+            }
+        }
+        let response = http::Response::builder()
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .body(tonic::body::Body::new(ResponseFrames::new(rx)))
+            .expect("static headers are valid");
+        Box::pin(async move { Ok(response) })
     }
+}
+
+/// The client's address, as tonic's transport records it (plain TCP or TLS).
+fn peer_addr<B>(req: &http::Request<B>) -> Option<std::net::SocketAddr> {
+    let ext = req.extensions();
+    ext.get::<TcpConnectInfo>()
+        .and_then(|i| i.remote_addr())
+        .or_else(|| {
+            ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|i| i.get_ref().remote_addr())
+        })
 }

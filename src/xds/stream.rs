@@ -20,11 +20,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use dashmap::DashMap;
 use envoy_types::pb::envoy::config::core::v3::Node;
+use futures_util::{Stream as FutStream, StreamExt};
 use parking_lot::Mutex;
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tonic::{Status, Streaming};
+use tonic::Status;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::node::{self, GroupKey};
@@ -456,18 +457,25 @@ struct Stream {
 
 /// Serves one stream until the client closes it or a protocol error ends it. Responses go to
 /// `tx`; a protocol error is sent as the stream's final status.
-pub async fn run<Req: IntoRequest + prost::Message>(
+pub async fn run<Req, In>(
     ctx: Arc<StreamContext>,
     protocol: Protocol,
     service: Service,
     peer: Option<SocketAddr>,
-    mut inbound: Streaming<Req>,
+    mut inbound: In,
     tx: mpsc::Sender<Result<Bytes, Status>>,
-) {
+) where
+    Req: IntoRequest,
+    In: FutStream<Item = Result<Req, Status>> + Unpin + Send,
+{
     // R1: the node comes with the first request; it places the stream in its group.
-    let first = match inbound.message().await {
-        Ok(Some(r)) => r.into_request(),
-        Ok(None) | Err(_) => return,
+    let first = match inbound.next().await {
+        Some(Ok(r)) => r.into_request(),
+        Some(Err(status)) => {
+            let _ = tx.send(Err(status)).await;
+            return;
+        }
+        None => return,
     };
     let group = match node::place(first.node(), &ctx.default_datacenter) {
         Ok(g) => g,
@@ -535,10 +543,10 @@ pub async fn run<Req: IntoRequest + prost::Message>(
 }
 
 impl Stream {
-    async fn serve<Req: IntoRequest + prost::Message>(
+    async fn serve<Req: IntoRequest, In: FutStream<Item = Result<Req, Status>> + Unpin>(
         &mut self,
         first: Request,
-        inbound: &mut Streaming<Req>,
+        inbound: &mut In,
         state_rx: &mut tokio::sync::watch::Receiver<Arc<GroupState>>,
         tx: &mpsc::Sender<Result<Bytes, Status>>,
     ) -> Result<(), Status> {
@@ -547,10 +555,10 @@ impl Stream {
             let has_work = self.has_work();
             tokio::select! {
                 biased;
-                msg = inbound.message() => match msg {
-                    Ok(Some(req)) => self.on_request(req.into_request())?,
-                    Ok(None) => return Ok(()),
-                    Err(status) => {
+                msg = inbound.next() => match msg {
+                    Some(Ok(req)) => self.on_request(req.into_request())?,
+                    None => return Ok(()),
+                    Some(Err(status)) => {
                         debug!(error = %status, "inbound stream error");
                         return Ok(());
                     }

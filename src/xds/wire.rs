@@ -15,11 +15,17 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use futures_util::Stream;
+use http_body::Frame;
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+use tokio::sync::mpsc;
 use tonic::Status;
-use tonic::codec::{BufferSettings, Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+use tonic::codegen::StdError;
 
 use super::resource::Entry;
 
@@ -49,7 +55,19 @@ fn put_embedded(tag: u32, bytes: &[u8], buf: &mut BytesMut) {
     buf.put_slice(bytes);
 }
 
-/// Encodes an `envoy.service.discovery.v3.DeltaDiscoveryResponse`
+/// Length of the gRPC message prefix: a compression flag and a big-endian length.
+pub const GRPC_HEADER: usize = 5;
+
+/// A buffer for one gRPC message of `len` bytes, its prefix already written: the response
+/// goes to HTTP/2 as it is, with no further copy or encode buffer.
+fn grpc_frame(len: usize) -> BytesMut {
+    let mut buf = BytesMut::with_capacity(GRPC_HEADER + len);
+    buf.put_u8(0);
+    buf.put_u32(u32::try_from(len).expect("a response is smaller than 4 GiB"));
+    buf
+}
+
+/// Encodes an `envoy.service.discovery.v3.DeltaDiscoveryResponse`, as one gRPC message
 /// (system_version_info = 1, resources = 2, type_url = 4, nonce = 5, removed_resources = 6).
 pub fn delta_response(
     type_url: &str,
@@ -69,7 +87,7 @@ pub fn delta_response(
             .iter()
             .map(|n| key_len(6) + encoded_len_varint(n.len() as u64) + n.len())
             .sum::<usize>();
-    let mut buf = BytesMut::with_capacity(len);
+    let mut buf = grpc_frame(len);
     put_string(1, system_version, &mut buf);
     for e in resources {
         put_embedded(2, &e.delta, &mut buf);
@@ -82,11 +100,11 @@ pub fn delta_response(
         encode_varint(n.len() as u64, &mut buf);
         buf.put_slice(n.as_bytes());
     }
-    debug_assert_eq!(buf.len(), len);
+    debug_assert_eq!(buf.len(), GRPC_HEADER + len);
     buf.freeze()
 }
 
-/// Encodes an `envoy.service.discovery.v3.DiscoveryResponse`
+/// Encodes an `envoy.service.discovery.v3.DiscoveryResponse`, as one gRPC message
 /// (version_info = 1, resources = 2 as `Any`, type_url = 4, nonce = 5).
 pub fn sotw_response<'a>(
     type_url: &str,
@@ -101,14 +119,14 @@ pub fn sotw_response<'a>(
             .sum::<usize>()
         + string_len(4, type_url)
         + string_len(5, nonce);
-    let mut buf = BytesMut::with_capacity(len);
+    let mut buf = grpc_frame(len);
     put_string(1, version, &mut buf);
     for e in resources {
         put_embedded(2, &e.sotw, &mut buf);
     }
     put_string(4, type_url, &mut buf);
     put_string(5, nonce, &mut buf);
-    debug_assert_eq!(buf.len(), len);
+    debug_assert_eq!(buf.len(), GRPC_HEADER + len);
     buf.freeze()
 }
 
@@ -156,62 +174,156 @@ pub fn name_str(b: &Bytes) -> Option<&str> {
     std::str::from_utf8(b).ok()
 }
 
-/// gRPC codec: requests are decoded with prost; responses are already-encoded bytes.
-pub struct XdsCodec<Req>(PhantomData<fn() -> Req>);
+/// Largest request accepted (gRPC's usual default).
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
 
-impl<Req> Default for XdsCodec<Req> {
-    fn default() -> Self {
-        XdsCodec(PhantomData)
+/// Decodes the gRPC messages of a request body. The buffer is meshgate's own: after a large
+/// request (an EDS subscription naming 10,000 clusters) it is released instead of kept at
+/// that size for the life of the stream, and names are decoded as slices of it.
+pub struct RequestFrames<B, Req> {
+    body: Pin<Box<B>>,
+    buf: BytesMut,
+    done: bool,
+    _req: PhantomData<fn() -> Req>,
+}
+
+impl<B, Req> RequestFrames<B, Req> {
+    pub fn new(body: B) -> Self {
+        RequestFrames {
+            body: Box::pin(body),
+            buf: BytesMut::new(),
+            done: false,
+            _req: PhantomData,
+        }
     }
 }
 
-impl<Req: Message + Default + Send + 'static> Codec for XdsCodec<Req> {
-    type Encode = Bytes;
-    type Decode = Req;
-    type Encoder = BytesEncoder;
-    type Decoder = ProstDecoder<Req>;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        BytesEncoder
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        ProstDecoder(PhantomData)
-    }
-}
-
-pub struct BytesEncoder;
-
-impl Encoder for BytesEncoder {
-    type Item = Bytes;
-    type Error = Status;
-
-    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-
-    fn buffer_settings(&self) -> BufferSettings {
-        // Streams are many and mostly idle: start small (the buffer grows to the largest
-        // response, which the stream bounds, see stream::MAX_RESPONSE_BYTES).
-        BufferSettings::new(1024, 32 * 1024)
-    }
-}
-
-pub struct ProstDecoder<Req>(PhantomData<fn() -> Req>);
-
-impl<Req: Message + Default> Decoder for ProstDecoder<Req> {
-    type Item = Req;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Req>, Status> {
-        Req::decode(src)
+impl<B, Req: Message + Default> RequestFrames<B, Req> {
+    /// The next complete message in the buffer, if any.
+    fn parse(&mut self) -> Result<Option<Req>, Status> {
+        if self.buf.len() < GRPC_HEADER {
+            return Ok(None);
+        }
+        if self.buf[0] != 0 {
+            return Err(Status::unimplemented(
+                "compressed requests are not supported; do not set grpc-encoding",
+            ));
+        }
+        let len = u32::from_be_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
+        if len > MAX_REQUEST_BYTES {
+            return Err(Status::resource_exhausted(format!(
+                "request of {len} bytes is larger than {MAX_REQUEST_BYTES}"
+            )));
+        }
+        if self.buf.len() < GRPC_HEADER + len {
+            self.buf.reserve(GRPC_HEADER + len - self.buf.len());
+            return Ok(None);
+        }
+        let message = self
+            .buf
+            .split_to(GRPC_HEADER + len)
+            .freeze()
+            .slice(GRPC_HEADER..);
+        if self.buf.is_empty() && self.buf.capacity() > 4096 {
+            self.buf = BytesMut::new();
+        }
+        Req::decode(message)
             .map(Some)
-            .map_err(|e| Status::internal(format!("cannot decode request: {e}")))
+            .map_err(|e| Status::invalid_argument(format!("cannot decode request: {e}")))
+    }
+}
+
+impl<B, Req> Stream for RequestFrames<B, Req>
+where
+    B: http_body::Body,
+    B::Error: Into<StdError>,
+    Req: Message + Default,
+{
+    type Item = Result<Req, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            match this.parse() {
+                Ok(Some(req)) => return Poll::Ready(Some(Ok(req))),
+                Ok(None) => {}
+                Err(status) => {
+                    this.done = true;
+                    this.buf = BytesMut::new();
+                    return Poll::Ready(Some(Err(status)));
+                }
+            }
+            if this.done {
+                return Poll::Ready(None);
+            }
+            match ready!(this.body.as_mut().poll_frame(cx)) {
+                Some(Ok(frame)) => {
+                    if let Ok(mut data) = frame.into_data() {
+                        while data.has_remaining() {
+                            let chunk = data.chunk();
+                            this.buf.extend_from_slice(chunk);
+                            let n = chunk.len();
+                            data.advance(n);
+                        }
+                    }
+                }
+                Some(Err(e)) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(Status::from_error(e.into()))));
+                }
+                None => this.done = true,
+            }
+        }
+    }
+}
+
+/// The response body: each message as one HTTP/2 data frame (the bytes built by
+/// [`delta_response`] / [`sotw_response`]), then the gRPC status as trailers.
+pub struct ResponseFrames {
+    rx: mpsc::Receiver<Result<Bytes, Status>>,
+    done: bool,
+}
+
+impl ResponseFrames {
+    pub fn new(rx: mpsc::Receiver<Result<Bytes, Status>>) -> Self {
+        ResponseFrames { rx, done: false }
     }
 
-    fn buffer_settings(&self) -> BufferSettings {
-        BufferSettings::new(1024, 32 * 1024)
+    fn trailers(status: &Status) -> Frame<Bytes> {
+        let mut headers = http::HeaderMap::new();
+        if status.add_header(&mut headers).is_err() {
+            headers.insert("grpc-status", http::HeaderValue::from_static("13"));
+        }
+        Frame::trailers(headers)
+    }
+}
+
+impl http_body::Body for ResponseFrames {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match ready!(self.rx.poll_recv(cx)) {
+            Some(Ok(bytes)) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+            Some(Err(status)) => {
+                self.done = true;
+                Poll::Ready(Some(Ok(Self::trailers(&status))))
+            }
+            None => {
+                self.done = true;
+                Poll::Ready(Some(Ok(Self::trailers(&Status::ok("")))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
     }
 }
 
@@ -236,7 +348,10 @@ mod tests {
         let (a, b) = (cla("a"), cla("b"));
         let url = ResourceType::Endpoint.type_url();
         let bytes = delta_response(url, "v1", "7", &[a.clone(), b], &[Arc::from("gone")]);
-        let r = DeltaDiscoveryResponse::decode(bytes).unwrap();
+        let len = (bytes.len() - GRPC_HEADER) as u32;
+        assert_eq!(bytes[0], 0, "uncompressed");
+        assert_eq!(bytes[1..GRPC_HEADER], len.to_be_bytes());
+        let r = DeltaDiscoveryResponse::decode(bytes.slice(GRPC_HEADER..)).unwrap();
         assert_eq!(r.type_url, url);
         assert_eq!(r.system_version_info, "v1");
         assert_eq!(r.nonce, "7");
@@ -310,12 +425,18 @@ mod tests {
         let entries = [cla("a"), cla("b")];
         let url = ResourceType::Endpoint.type_url();
         let bytes = sotw_response(url, "v9", "3", entries.iter());
-        let r = DiscoveryResponse::decode(bytes).unwrap();
+        let r = DiscoveryResponse::decode(bytes.slice(GRPC_HEADER..)).unwrap();
         assert_eq!((r.version_info.as_str(), r.nonce.as_str()), ("v9", "3"));
         assert_eq!(r.resources.len(), 2);
         assert!(r.resources.iter().all(|a| a.type_url == url));
         // An empty response is valid too (R21).
         let empty = sotw_response(url, "", "4", std::iter::empty());
-        assert_eq!(DiscoveryResponse::decode(empty).unwrap().resources.len(), 0);
+        assert_eq!(
+            DiscoveryResponse::decode(empty.slice(GRPC_HEADER..))
+                .unwrap()
+                .resources
+                .len(),
+            0
+        );
     }
 }
