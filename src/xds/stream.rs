@@ -356,6 +356,16 @@ impl TypeState {
         }
     }
 
+    /// Forces every resource of `set` the client does not name explicitly: what it dropped
+    /// when it left the wildcard, sent again when it comes back to it.
+    fn force_unnamed(&mut self, set: &TypeSet) {
+        for k in set.resources.keys() {
+            if !self.names.contains(k) {
+                self.force.insert(k.clone());
+            }
+        }
+    }
+
     /// The version the client has for `name`, as far as the server knows.
     fn client_version<'a>(&'a self, name: &str) -> Option<&'a str> {
         if !self.planned_once {
@@ -691,15 +701,7 @@ impl Stream {
             t.wildcard = true;
             if !first {
                 // Names the client dropped when it left the wildcard are sent again.
-                let dropped: Vec<Arc<str>> = self
-                    .current
-                    .set(ty)
-                    .resources
-                    .keys()
-                    .filter(|k| !t.names.contains(k))
-                    .cloned()
-                    .collect();
-                t.force.extend(dropped);
+                t.force_unnamed(self.current.set(ty));
             }
         }
         if !r.resource_names_subscribe.is_empty() {
@@ -789,15 +791,7 @@ impl Stream {
         if first {
             t.dirty = true;
         } else if newly_wildcard {
-            let dropped: Vec<Arc<str>> = self
-                .current
-                .set(ty)
-                .resources
-                .keys()
-                .filter(|k| !t.names.contains(k))
-                .cloned()
-                .collect();
-            t.force.extend(dropped);
+            t.force_unnamed(self.current.set(ty));
         }
         let added: Vec<Arc<str>> = wanted
             .iter()
