@@ -12,6 +12,6 @@ pub mod wire;
 
 pub use node::{GroupKey, PlacementError, Role};
 pub use resource::{Entry, XdsResource};
-pub use server::{TlsFiles, XdsServer, XdsServerConfig};
+pub use server::{TlsFiles, XdsServer};
 pub use store::{Debounce, PublishError, Store, TypeUpdate, Update};
 pub use types::ResourceType;

@@ -55,14 +55,6 @@ impl TlsFiles {
     }
 }
 
-/// How the xDS listener runs.
-#[derive(Debug, Clone)]
-pub struct XdsServerConfig {
-    pub tls: Option<TlsFiles>,
-    /// The datacenter of nodes whose metadata names none.
-    pub default_datacenter: String,
-}
-
 /// The xDS server: cheap to clone, shares the store and the stream registry.
 #[derive(Clone)]
 pub struct XdsServer {

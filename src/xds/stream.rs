@@ -744,22 +744,20 @@ impl Stream {
     fn on_sotw(&mut self, ty: ResourceType, r: DiscoveryRequest) {
         let idx = ty.index();
         let first = !self.types[idx].active;
-        let stale = if r.response_nonce.is_empty() {
-            false
-        } else {
+        if !r.response_nonce.is_empty() {
             let latest = self.types[idx].last_nonce.map(|n| format!("{n:x}"));
             if latest.as_deref() == Some(r.response_nonce.as_str()) {
                 self.on_reply(ty, &r.response_nonce, r.error_detail.as_ref(), true);
-                false
             } else {
                 // R6: a stale nonce is not an ACK or NACK of anything current, but it does
-                // answer the responses up to it.
+                // answer the responses up to it. Its subscription is still applied below (the
+                // safer variant of envoy#10363): names it adds are sent, names it drops are
+                // not pushed any more.
                 self.ctx.metrics.expired_nonces.get(ty).inc();
                 self.release(ty, &r.response_nonce);
                 debug!(%ty, nonce = %r.response_nonce, "request with an expired nonce");
-                true
             }
-        };
+        }
 
         // State-of-the-world clients repeat every name in every request (an ACK of EDS for
         // 1,000 clusters names all 1,000): when the list is the one of the last request, the
@@ -798,9 +796,6 @@ impl Stream {
             .filter(|n| !t.names.contains(n))
             .cloned()
             .collect();
-        // R6, the safer variant (envoy#10363): a stale request is no ACK, but its subscription
-        // is applied: names it adds are sent, names it drops are not pushed any more.
-        let _ = stale;
         t.wildcard = wildcard;
         t.names = NameSet(wanted);
         // R10: newly requested names are sent even if unchanged since sent unasked (before the
