@@ -41,6 +41,46 @@ pub async fn channel(addr: SocketAddr) -> Channel {
 
 const MAX_MSG: usize = 256 * 1024 * 1024;
 
+/// The next message of a response stream, or why there is none (error, end, timeout).
+async fn next_message<T>(rx: &mut Streaming<T>) -> Result<T, String> {
+    match tokio::time::timeout(RECV_TIMEOUT, rx.message()).await {
+        Ok(Ok(Some(r))) => Ok(r),
+        Ok(Ok(None)) => Err("stream ended while a response was expected".into()),
+        Ok(Err(s)) => Err(format!("stream failed while a response was expected: {s}")),
+        Err(_) => Err(format!("no response within {RECV_TIMEOUT:?}")),
+    }
+}
+
+/// The status a response stream ends with; fails the test if a response or a clean end comes.
+async fn expect_error<T: std::fmt::Debug>(rx: &mut Streaming<T>) -> Status {
+    match tokio::time::timeout(RECV_TIMEOUT, rx.message()).await {
+        Ok(Err(s)) => s,
+        Ok(Ok(Some(r))) => panic!("expected an error, got a response: {r:?}"),
+        Ok(Ok(None)) => panic!("expected an error, the stream ended cleanly"),
+        Err(_) => panic!("no error within {RECV_TIMEOUT:?}"),
+    }
+}
+
+/// The `error_detail` of a NACK.
+pub fn rejection(message: &str) -> RpcStatus {
+    RpcStatus {
+        code: 3, // INVALID_ARGUMENT, as Envoy sends
+        message: message.into(),
+        details: vec![],
+    }
+}
+
+/// A state-of-the-world ACK of `r` that (re)names `names`.
+pub fn sotw_ack(r: &DiscoveryResponse, names: Vec<String>) -> DiscoveryRequest {
+    DiscoveryRequest {
+        type_url: r.type_url.clone(),
+        version_info: r.version_info.clone(),
+        response_nonce: r.nonce.clone(),
+        resource_names: names,
+        ..Default::default()
+    }
+}
+
 /// A delta xDS stream.
 pub struct DeltaClient {
     tx: mpsc::Sender<DeltaDiscoveryRequest>,
@@ -123,22 +163,14 @@ impl DeltaClient {
 
     /// The next response; fails the test after [`RECV_TIMEOUT`] or if the stream ends.
     pub async fn recv(&mut self) -> DeltaDiscoveryResponse {
-        match tokio::time::timeout(RECV_TIMEOUT, self.rx.message()).await {
-            Ok(Ok(Some(r))) => r,
-            Ok(Ok(None)) => panic!("stream ended while a response was expected"),
-            Ok(Err(s)) => panic!("stream failed while a response was expected: {s}"),
-            Err(_) => panic!("no response within {RECV_TIMEOUT:?}"),
-        }
+        next_message(&mut self.rx)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The next response, or why there is none (stream error, end, timeout).
     pub async fn try_recv(&mut self) -> Result<DeltaDiscoveryResponse, String> {
-        match tokio::time::timeout(RECV_TIMEOUT, self.rx.message()).await {
-            Ok(Ok(Some(r))) => Ok(r),
-            Ok(Ok(None)) => Err("stream ended".into()),
-            Ok(Err(s)) => Err(s.to_string()),
-            Err(_) => Err(format!("no response within {RECV_TIMEOUT:?}")),
-        }
+        next_message(&mut self.rx).await
     }
 
     /// Receives the next response and ACKs it.
@@ -150,12 +182,7 @@ impl DeltaClient {
 
     /// The status the stream ends with (fails if a response comes instead).
     pub async fn recv_error(&mut self) -> Status {
-        match tokio::time::timeout(RECV_TIMEOUT, self.rx.message()).await {
-            Ok(Err(s)) => s,
-            Ok(Ok(Some(r))) => panic!("expected an error, got a response: {r:?}"),
-            Ok(Ok(None)) => panic!("expected an error, the stream ended cleanly"),
-            Err(_) => panic!("no error within {RECV_TIMEOUT:?}"),
-        }
+        expect_error(&mut self.rx).await
     }
 
     pub async fn ack(&mut self, r: &DeltaDiscoveryResponse) {
@@ -171,11 +198,7 @@ impl DeltaClient {
         self.send(DeltaDiscoveryRequest {
             type_url: r.type_url.clone(),
             response_nonce: r.nonce.clone(),
-            error_detail: Some(RpcStatus {
-                code: 3,
-                message: message.into(),
-                details: vec![],
-            }),
+            error_detail: Some(rejection(message)),
             ..Default::default()
         })
         .await;
@@ -307,12 +330,9 @@ impl SotwClient {
     }
 
     pub async fn recv(&mut self) -> DiscoveryResponse {
-        let r = match tokio::time::timeout(RECV_TIMEOUT, self.rx.message()).await {
-            Ok(Ok(Some(r))) => r,
-            Ok(Ok(None)) => panic!("stream ended while a response was expected"),
-            Ok(Err(s)) => panic!("stream failed while a response was expected: {s}"),
-            Err(_) => panic!("no response within {RECV_TIMEOUT:?}"),
-        };
+        let r = next_message(&mut self.rx)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
         self.last.insert(
             r.type_url.clone(),
             (r.version_info.clone(), r.nonce.clone()),
@@ -321,25 +341,13 @@ impl SotwClient {
     }
 
     pub async fn recv_error(&mut self) -> Status {
-        match tokio::time::timeout(RECV_TIMEOUT, self.rx.message()).await {
-            Ok(Err(s)) => s,
-            Ok(Ok(Some(r))) => panic!("expected an error, got a response: {r:?}"),
-            Ok(Ok(None)) => panic!("expected an error, the stream ended cleanly"),
-            Err(_) => panic!("no error within {RECV_TIMEOUT:?}"),
-        }
+        expect_error(&mut self.rx).await
     }
 
     /// ACKs a response: same names, its version and nonce.
     pub async fn ack(&mut self, r: &DiscoveryResponse) {
         let names = self.names.get(&r.type_url).cloned().unwrap_or_default();
-        self.send(DiscoveryRequest {
-            type_url: r.type_url.clone(),
-            version_info: r.version_info.clone(),
-            response_nonce: r.nonce.clone(),
-            resource_names: names,
-            ..Default::default()
-        })
-        .await;
+        self.send(sotw_ack(r, names)).await;
     }
 
     pub async fn recv_ack(&mut self) -> DiscoveryResponse {
@@ -356,11 +364,7 @@ impl SotwClient {
             version_info: good_version.into(),
             response_nonce: r.nonce.clone(),
             resource_names: names,
-            error_detail: Some(RpcStatus {
-                code: 3,
-                message: message.into(),
-                details: vec![],
-            }),
+            error_detail: Some(rejection(message)),
             ..Default::default()
         })
         .await;

@@ -443,11 +443,7 @@ async fn ack(
         .send(DeltaDiscoveryRequest {
             type_url: r.type_url.clone(),
             response_nonce: r.nonce.clone(),
-            error_detail: error.map(|m| envoy_types::pb::google::rpc::Status {
-                code: 3,
-                message: m,
-                details: vec![],
-            }),
+            error_detail: error.as_deref().map(integration::client::rejection),
             ..Default::default()
         })
         .await;
@@ -532,15 +528,7 @@ async fn sotw_stream(
 }
 
 async fn sotw_ack(tx: &mpsc::Sender<DiscoveryRequest>, r: &DiscoveryResponse, names: Vec<String>) {
-    let _ = tx
-        .send(DiscoveryRequest {
-            type_url: r.type_url.clone(),
-            version_info: r.version_info.clone(),
-            response_nonce: r.nonce.clone(),
-            resource_names: names,
-            ..Default::default()
-        })
-        .await;
+    let _ = tx.send(integration::client::sotw_ack(r, names)).await;
 }
 
 // ---------------------------------------------------------------------------------------------
