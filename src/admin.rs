@@ -1,5 +1,5 @@
 //! The admin listener (`--admin-addr`, localhost by default): `/metrics`, `/debug/streams`,
-//! `/debug/groups`, `/healthz`, `/readyz`.
+//! `/debug/groups`, `/debug/sources`, `/healthz`, `/readyz`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
+use crate::source::SourceHandle;
 use crate::xds::stream::StreamRegistry;
 use crate::xds::{ResourceType, Store};
 
@@ -25,6 +26,8 @@ pub struct AdminState {
     pub store: Store,
     /// Set once the xDS listener is bound and serving.
     pub ready: Arc<AtomicBool>,
+    /// The source that fills the model, for `/debug/sources`.
+    pub sources: SourceHandle,
 }
 
 pub fn router(state: AdminState) -> Router {
@@ -32,6 +35,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .route("/debug/streams", get(streams))
         .route("/debug/groups", get(groups))
+        .route("/debug/sources", get(sources))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .with_state(state)
@@ -108,4 +112,9 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
     }
+}
+
+/// The source's state: what was accepted, what was refused and why, whether it is stale.
+async fn sources(State(s): State<AdminState>) -> Response {
+    Json(s.sources.status()).into_response()
 }

@@ -9,10 +9,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::metrics::Metrics;
+use crate::source::SourceHandle;
+use crate::source::dir::DirSource;
+use crate::source::from_consul::ConsulConfig;
+use crate::translate::{Settings, Translator};
 use crate::xds::stream::StreamRegistry;
 use crate::xds::{Debounce, Store, TlsFiles, XdsServer};
 
@@ -45,7 +49,19 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve xDS (delta and state-of-the-world ADS, and the per-type services) to Envoy.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Check a directory of Consul-format files: every problem as `file:line: message`,
+    /// exit 1 on errors (like `consul config validate`).
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ValidateArgs {
+    /// The directory (every .hcl, .json, .yaml and .yml file below it is read).
+    pub dir: PathBuf,
+    /// The datacenter agent service definitions belong to.
+    #[arg(long, default_value = "dc1", env = "MESHGATE_DATACENTER")]
+    pub datacenter: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -74,36 +90,144 @@ pub struct ServeArgs {
     /// PEM CA bundle: when set, Envoys must present a client certificate it signed.
     #[arg(long, requires = "xds_tls_cert")]
     pub xds_tls_client_ca: Option<PathBuf>,
+    /// Read the mesh from this directory of Consul-format files (watched for changes).
+    #[arg(long, env = "MESHGATE_CONFIG_DIR", conflicts_with = "consul_addr")]
+    pub config_dir: Option<PathBuf>,
+    /// Quiet time after a file event before the directory is read again.
+    #[arg(long, default_value = "200ms", value_parser = parse_duration)]
+    pub config_debounce: Duration,
+    /// Read the directory again this often even without file events (a fallback for file
+    /// systems that drop events).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub config_rescan: Duration,
+    /// Read the mesh from Consul's HTTP API at this address (http:// or https://).
+    #[arg(long, env = "CONSUL_HTTP_ADDR")]
+    pub consul_addr: Option<String>,
+    /// ACL token sent to Consul as X-Consul-Token.
+    #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
+    pub consul_token: Option<String>,
+    /// PEM CA bundle to verify Consul's HTTPS certificate.
+    #[arg(long, env = "CONSUL_CACERT")]
+    pub consul_ca_file: Option<PathBuf>,
+    /// Longest wait of one Consul blocking query.
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub consul_wait: Duration,
+    /// The SPIFFE trust domain (`<uuid>.consul`). Default: the one kept in --state-dir,
+    /// created on first start; in Consul mode, the CA's.
+    #[arg(long, env = "MESHGATE_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+    /// Where meshgate keeps what must survive restarts (the trust domain).
+    #[arg(long, default_value = ".meshgate", env = "MESHGATE_STATE_DIR")]
+    pub state_dir: PathBuf,
 }
 
-/// Parses "0", "250ms", "1s", "1.5s", "2m".
+/// Parses a duration as Go (and Consul) write them: "0", "250ms", "1.5s", "2m", "1h30m".
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
+    crate::model::duration::parse_go_duration(s)
+}
+
+/// Runs `meshgate validate DIR`: prints every problem, then counts; returns the exit code.
+pub fn validate(args: &ValidateArgs) -> std::process::ExitCode {
+    if !args.dir.is_dir() {
+        eprintln!("{}: not a directory", args.dir.display());
+        return std::process::ExitCode::from(2);
     }
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("duration {s:?} needs a unit: ms, s or m (or is 0)"))?;
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("duration {s:?}: {num:?} is not a number"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => {
-            return Err(format!(
-                "duration {s:?}: unknown unit {unit:?}; use ms, s or m"
-            ));
-        }
-    };
-    Duration::try_from_secs_f64(secs).map_err(|e| format!("duration {s:?}: {e}"))
+    let loaded = crate::source::dir::load(&args.dir, &args.datacenter, 1);
+    for p in &loaded.problems {
+        println!("{p}");
+    }
+    let errors = loaded.errors().count();
+    let warnings = loaded.problems.len() - errors;
+    if errors > 0 {
+        eprintln!(
+            "{errors} error{}, {warnings} warning{} in {} ({} files)",
+            plural(errors),
+            plural(warnings),
+            args.dir.display(),
+            loaded.files
+        );
+        return std::process::ExitCode::FAILURE;
+    }
+    let counts = loaded.snapshot.counts();
+    println!(
+        "valid: {} files, {} documents, {warnings} warning{}",
+        loaded.files,
+        loaded.documents,
+        plural(warnings)
+    );
+    for (kind, n) in &counts.entries {
+        println!("  {kind}: {n}");
+    }
+    println!(
+        "  services: {} ({} instances in {} datacenter{})",
+        counts.services,
+        counts.instances,
+        counts.datacenters,
+        plural(counts.datacenters)
+    );
+    std::process::ExitCode::SUCCESS
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 { "" } else { "s" }
+}
+
+/// The trust domain: the flag's, else the one kept in the state directory, created once.
+pub fn trust_domain(args: &ServeArgs) -> anyhow::Result<String> {
+    if let Some(td) = &args.trust_domain {
+        return Ok(td.clone());
+    }
+    let path = args.state_dir.join("trust-domain");
+    match std::fs::read_to_string(&path) {
+        Ok(td) if !td.trim().is_empty() => return Ok(td.trim().to_owned()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+    let td = format!("{}.consul", random_uuid());
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("cannot create --state-dir {}", args.state_dir.display()))?;
+    std::fs::write(&path, format!("{td}\n"))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    info!(trust_domain = %td, file = %path.display(), "created the trust domain");
+    Ok(td)
+}
+
+/// A random (version 4) UUID, as Consul names a cluster.
+fn random_uuid() -> String {
+    let mut b: [u8; 16] = rand::random();
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// Runs `meshgate serve` until ctrl-c or SIGTERM.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let xds_listener = TcpListener::bind(args.xds_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (--xds-addr)", args.xds_addr))?;
+    let admin_listener = TcpListener::bind(args.admin_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (--admin-addr)", args.admin_addr))?;
+    run(args, xds_listener, admin_listener, shutdown_signal()).await
+}
+
+/// Runs the server on bound listeners until `shutdown` completes (the test harness runs it
+/// with OS-picked ports).
+pub async fn run(
+    args: ServeArgs,
+    xds_listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
     let tls = match (&args.xds_tls_cert, &args.xds_tls_key) {
         (Some(cert), Some(key)) => Some(
             TlsFiles {
@@ -115,13 +239,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         ),
         _ => None,
     };
-    let xds_listener = TcpListener::bind(args.xds_addr)
-        .await
-        .with_context(|| format!("cannot listen on {} (--xds-addr)", args.xds_addr))?;
-    let admin_listener = TcpListener::bind(args.admin_addr)
-        .await
-        .with_context(|| format!("cannot listen on {} (--admin-addr)", args.admin_addr))?;
-
+    let (xds_addr, admin_addr) = (xds_listener.local_addr()?, admin_listener.local_addr()?);
     let metrics = Arc::new(Metrics::new());
     let store = Store::new(
         Debounce {
@@ -141,6 +259,52 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
+
+    let translator = Translator {
+        store: store.clone(),
+        settings: Settings {
+            trust_domain: trust_domain(&args)?,
+        },
+        datacenter: args.datacenter.clone(),
+    };
+    let sources = if let Some(dir) = &args.config_dir {
+        let (source, first) = match DirSource::open(dir, &args.datacenter, metrics.clone()) {
+            Ok(opened) => opened,
+            Err(problems) => {
+                for p in problems.iter().filter(|p| p.is_error()) {
+                    eprintln!("{p}");
+                }
+                anyhow::bail!(
+                    "{} has errors (listed above); fix them or run `meshgate validate {}`",
+                    dir.display(),
+                    dir.display()
+                );
+            }
+        };
+        let (tx, rx) = tokio::sync::watch::channel(first);
+        tokio::spawn(
+            source
+                .clone()
+                .watch(tx, args.config_debounce, args.config_rescan, stopped()),
+        );
+        tokio::spawn(translator.run(rx));
+        SourceHandle::Dir(source)
+    } else if let Some(addr) = &args.consul_addr {
+        let config = ConsulConfig {
+            addr: addr.clone(),
+            token: args.consul_token.clone(),
+            ca_file: args.consul_ca_file.clone(),
+            datacenter: args.datacenter.clone(),
+            wait: args.consul_wait,
+        };
+        let (source, rx) = crate::source::from_consul::start(config, metrics.clone(), stopped())
+            .context("cannot start the Consul source")?;
+        tokio::spawn(translator.run(rx));
+        SourceHandle::Consul(source)
+    } else {
+        warn!("no --config-dir or --consul-addr: serving an empty mesh");
+        SourceHandle::None
+    };
     let admin = tokio::spawn(admin::serve(
         admin_listener,
         AdminState {
@@ -148,15 +312,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             streams,
             store,
             ready: ready.clone(),
+            sources,
         },
         stopped(),
     ));
-    info!(xds = %args.xds_addr, admin = %args.admin_addr, tls = tls.is_some(),
+    info!(xds = %xds_addr, admin = %admin_addr, tls = tls.is_some(),
         datacenter = %args.datacenter, "meshgate serving");
     let xds = tokio::spawn(server.serve(xds_listener, tls, stopped()));
     ready.store(true, Ordering::Release);
 
-    shutdown_signal().await;
+    shutdown.await;
     info!("shutting down");
     ready.store(false, Ordering::Release);
     let _ = stop_tx.send(true);
@@ -196,8 +361,9 @@ mod tests {
         assert_eq!(parse_duration("100ms"), Ok(Duration::from_millis(100)));
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("100").unwrap_err().contains("needs a unit"));
-        assert!(parse_duration("5h").unwrap_err().contains("unknown unit"));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert!(parse_duration("100").unwrap_err().contains("missing unit"));
+        assert!(parse_duration("5d").unwrap_err().contains("unknown unit"));
     }
 
     #[test]

@@ -7,4 +7,7 @@
 pub mod admin;
 pub mod cli;
 pub mod metrics;
+pub mod model;
+pub mod source;
+pub mod translate;
 pub mod xds;

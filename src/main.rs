@@ -4,6 +4,9 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::Validate(args) = &cli.command {
+        return meshgate::cli::validate(args);
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match cli.log_format {
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
@@ -31,7 +34,8 @@ fn main() -> std::process::ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => meshgate::cli::serve(args).await,
+            Command::Serve(args) => meshgate::cli::serve(*args).await,
+            Command::Validate(_) => unreachable!("handled before the runtime starts"),
         }
     });
     match result {

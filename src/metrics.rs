@@ -95,6 +95,107 @@ pub struct Metrics {
     pub convergence: Histogram,
     pub stream_errors: Counter,
     pub store_publishes: Counter,
+    pub source: SourceMetrics,
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum LoadResult {
+    accepted,
+    refused,
+    unchanged,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LoadLabels {
+    pub result: LoadResult,
+}
+
+/// Metrics of the source that fills the model (directory or Consul).
+pub struct SourceMetrics {
+    pub loads_accepted: Counter,
+    pub loads_refused: Counter,
+    pub loads_unchanged: Counter,
+    /// Errors found in refused states, one per problem.
+    pub errors: Counter,
+    /// Errors in the latest state read (0 when it was accepted).
+    pub current_errors: Gauge,
+    pub warnings: Gauge,
+    pub generation: Gauge,
+    pub last_accepted: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// 1 while the source cannot be read and the last good snapshot is served.
+    pub stale: Gauge,
+    pub snapshot_build: Histogram,
+}
+
+impl SourceMetrics {
+    fn register(reg: &mut Registry) -> SourceMetrics {
+        let loads = Family::<LoadLabels, Counter>::default();
+        reg.register(
+            "source_loads",
+            "States read from the source, by result (accepted, refused for errors, unchanged)",
+            loads.clone(),
+        );
+        let errors = Counter::default();
+        reg.register(
+            "source_errors",
+            "Errors found in refused source states (one per problem)",
+            errors.clone(),
+        );
+        let current_errors = Gauge::default();
+        reg.register(
+            "source_current_errors",
+            "Errors in the latest state read from the source (0 when it was accepted)",
+            current_errors.clone(),
+        );
+        let warnings = Gauge::default();
+        reg.register(
+            "source_warnings",
+            "Warnings in the latest state read from the source",
+            warnings.clone(),
+        );
+        let generation = Gauge::default();
+        reg.register(
+            "snapshot_generation",
+            "Generation of the model snapshot being served",
+            generation.clone(),
+        );
+        let last_accepted = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        reg.register(
+            "source_last_accepted_timestamp_seconds",
+            "Unix time of the last accepted source state",
+            last_accepted.clone(),
+        );
+        let stale = Gauge::default();
+        reg.register(
+            "source_stale",
+            "1 while the source cannot be read (the last good snapshot is served)",
+            stale.clone(),
+        );
+        let snapshot_build = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
+        reg.register_with_unit(
+            "snapshot_build_duration",
+            "Time to read the source and build one model snapshot",
+            Unit::Seconds,
+            snapshot_build.clone(),
+        );
+        let handle = |result| loads.get_or_create(&LoadLabels { result }).clone();
+        let loads_accepted = handle(LoadResult::accepted);
+        let loads_refused = handle(LoadResult::refused);
+        let loads_unchanged = handle(LoadResult::unchanged);
+        SourceMetrics {
+            loads_accepted,
+            loads_refused,
+            loads_unchanged,
+            errors,
+            current_errors,
+            warnings,
+            generation,
+            last_accepted,
+            stale,
+            snapshot_build,
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -167,6 +268,7 @@ impl Metrics {
             "Publishes into the resource store that changed something",
             store_publishes.clone(),
         );
+        let source = SourceMetrics::register(reg);
 
         // Each handle in its own statement: a family's read guard lives to the end of the
         // statement, and creating the next label needs its write lock.
@@ -192,6 +294,7 @@ impl Metrics {
             convergence,
             stream_errors,
             store_publishes,
+            source,
             registry: root,
         }
     }

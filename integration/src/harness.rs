@@ -90,6 +90,7 @@ impl TestServer {
                         streams: streams.clone(),
                         store: store.clone(),
                         ready: Arc::new(AtomicBool::new(true)),
+                        sources: Default::default(),
                     },
                     std::future::pending(),
                 ));

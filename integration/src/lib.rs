@@ -2,6 +2,7 @@
 //! on envoy-types' client stubs, test resources, real Envoy, test upstreams, and a Consul
 //! HTTP API test double.
 
+pub mod app;
 pub mod client;
 pub mod consul_double;
 pub mod envoy;

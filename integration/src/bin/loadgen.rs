@@ -121,6 +121,7 @@ fn server_main(args: &Args) -> anyhow::Result<()> {
                 streams,
                 store: store.clone(),
                 ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+                sources: Default::default(),
             },
             std::future::pending(),
         ));

@@ -1,0 +1,135 @@
+//! The whole `meshgate serve` (sources → snapshot → translation → store → streams) running
+//! in the test process on ports the OS picks, with the flags a test gives, exactly as the
+//! binary parses them.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Parser;
+use meshgate::cli::{Cli, Command};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub struct App {
+    pub xds_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+}
+
+impl App {
+    /// Starts `meshgate serve <flags>` (`--xds-addr`/`--admin-addr` are chosen here). Panics
+    /// with the server's error if it does not start.
+    pub fn start(flags: &[&str]) -> App {
+        Self::try_start(flags).unwrap_or_else(|e| panic!("meshgate serve {flags:?}: {e}"))
+    }
+
+    /// Like [`App::start`], but returns the error a refused start gives.
+    pub fn try_start(flags: &[&str]) -> Result<App, String> {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+            )
+            .with_test_writer()
+            .try_init();
+        let mut argv = vec!["meshgate", "serve", "--debounce-quiet", "0"];
+        argv.extend_from_slice(flags);
+        let Command::Serve(args) = Cli::try_parse_from(&argv)
+            .map_err(|e| e.to_string())?
+            .command
+        else {
+            unreachable!("serve parses as serve")
+        };
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let result = rt.block_on(async move {
+                let xds = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+                let addrs = (xds.local_addr().unwrap(), admin.local_addr().unwrap());
+                let ready = ready_tx.clone();
+                let shutdown = async move {
+                    let _ = ready.send(Ok(addrs));
+                    let _ = stop_rx.await;
+                };
+                let result = meshgate::cli::run(*args, xds, admin, shutdown).await;
+                if let Err(e) = &result {
+                    let _ = ready_tx.send(Err(format!("{e:#}")));
+                }
+                result.map_err(|e| format!("{e:#}"))
+            });
+            rt.shutdown_timeout(Duration::from_millis(100));
+            result
+        });
+        match ready_rx.recv() {
+            Ok(Ok((xds_addr, admin_addr))) => Ok(App {
+                xds_addr,
+                admin_addr,
+                stop: Some(stop_tx),
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            Err(_) => Err(match thread.join() {
+                Ok(Err(e)) => e,
+                Ok(Ok(())) => "meshgate stopped before it was ready".into(),
+                Err(_) => "meshgate panicked".into(),
+            }),
+        }
+    }
+
+    /// GET on the admin API; returns the body.
+    pub async fn admin_get(&self, path: &str) -> String {
+        let url = format!("http://{}{}", self.admin_addr, path);
+        reqwest::get(&url)
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// `/debug/sources` as JSON.
+    pub async fn sources(&self) -> serde_json::Value {
+        serde_json::from_str(&self.admin_get("/debug/sources").await).expect("JSON")
+    }
+
+    /// One sample of a metric (0 when absent).
+    pub async fn metric(&self, name_and_labels: &str) -> f64 {
+        crate::harness::metric_value(&self.admin_get("/metrics").await, name_and_labels)
+    }
+
+    /// Waits (polling the admin API) until `check` holds, up to `limit`.
+    pub async fn wait_for<F>(&self, limit: Duration, what: &str, mut check: F)
+    where
+        F: AsyncFnMut(&App) -> bool,
+    {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !check(self).await {
+            if tokio::time::Instant::now() > deadline {
+                panic!("timed out after {limit:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,213 @@
+//! Keeping a directory's snapshot current: file events (notify, debounced) and a periodic
+//! rescan as a fallback for file systems that drop events (network mounts, some container
+//! volumes). A reload is cheap to skip: the directory's digest (paths and contents) is
+//! compared first, and only a changed directory is parsed.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use notify::RecursiveMode;
+use notify_debouncer_full::new_debouncer;
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use super::{Loaded, load};
+use crate::metrics::Metrics;
+use crate::model::{Snapshot, SnapshotCounts};
+use crate::source::Problem;
+
+/// What `/debug/sources` shows for a directory source.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DirStatus {
+    pub source: &'static str,
+    pub dir: String,
+    /// Generation of the snapshot being served.
+    pub generation: u64,
+    pub files: usize,
+    pub documents: usize,
+    pub counts: SnapshotCounts,
+    /// Unix seconds of the last accepted state.
+    pub last_accepted: Option<u64>,
+    /// Unix seconds of the last refused state, and its errors: empty once a later state is
+    /// accepted.
+    pub last_refused: Option<u64>,
+    pub errors: Vec<String>,
+    /// Warnings of the latest state read.
+    pub warnings: Vec<String>,
+    pub refused_loads: u64,
+}
+
+/// A directory source: the current status, and the task that watches the directory.
+#[derive(Clone)]
+pub struct DirSource {
+    dir: PathBuf,
+    datacenter: String,
+    status: Arc<Mutex<DirStatus>>,
+    metrics: Arc<Metrics>,
+    /// Digest of the last state read (accepted or refused): the same files are not read twice.
+    last_digest: Arc<Mutex<u64>>,
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+impl DirSource {
+    /// Reads the directory once. A directory with errors is refused: the caller gets every
+    /// problem (there is no last good snapshot yet to keep serving).
+    pub fn open(
+        dir: &Path,
+        datacenter: &str,
+        metrics: Arc<Metrics>,
+    ) -> Result<(DirSource, Arc<Snapshot>), Vec<Problem>> {
+        let source = DirSource {
+            dir: dir.to_path_buf(),
+            datacenter: datacenter.to_owned(),
+            status: Arc::new(Mutex::new(DirStatus {
+                source: "directory",
+                dir: dir.display().to_string(),
+                ..Default::default()
+            })),
+            metrics,
+            last_digest: Arc::new(Mutex::new(0)),
+        };
+        match source.reload(1) {
+            Reload::Accepted(snapshot) => Ok((source, snapshot)),
+            Reload::Refused(problems) => Err(problems),
+            Reload::Unchanged => unreachable!("the first read always reads"),
+        }
+    }
+
+    pub fn status(&self) -> DirStatus {
+        self.status.lock().clone()
+    }
+
+    /// Reads the directory if it changed since the last read; `generation` numbers the
+    /// snapshot if it is accepted.
+    fn reload(&self, generation: u64) -> Reload {
+        let started = Instant::now();
+        let m = &self.metrics.source;
+        // A rescan of an unchanged directory reads the files but parses nothing. (A directory
+        // that cannot be read is loaded, so that the error is reported.)
+        if generation > 1
+            && let Ok(digest) = super::digest(&self.dir)
+            && digest == *self.last_digest.lock()
+        {
+            m.loads_unchanged.inc();
+            return Reload::Unchanged;
+        }
+        let loaded: Loaded = load(&self.dir, &self.datacenter, generation);
+        *self.last_digest.lock() = loaded.digest;
+        m.snapshot_build.observe(started.elapsed().as_secs_f64());
+        let (errors, warnings): (Vec<&Problem>, Vec<&Problem>) =
+            loaded.problems.iter().partition(|p| p.is_error());
+        for w in &warnings {
+            warn!(problem = %w, "config warning");
+        }
+        m.warnings.set(warnings.len() as i64);
+        let mut status = self.status.lock();
+        status.warnings = warnings.iter().map(|p| p.to_string()).collect();
+        if !errors.is_empty() {
+            for e in &errors {
+                error!(problem = %e, "config error; the last good snapshot keeps serving");
+            }
+            m.loads_refused.inc();
+            m.errors.inc_by(errors.len() as u64);
+            m.current_errors.set(errors.len() as i64);
+            status.last_refused = Some(unix_now());
+            status.errors = errors.iter().map(|p| p.to_string()).collect();
+            status.refused_loads += 1;
+            return Reload::Refused(loaded.problems);
+        }
+        m.loads_accepted.inc();
+        m.current_errors.set(0);
+        m.generation.set(generation as i64);
+        m.last_accepted.set(unix_now() as f64);
+        status.generation = generation;
+        status.files = loaded.files;
+        status.documents = loaded.documents;
+        status.counts = loaded.snapshot.counts();
+        status.last_accepted = Some(unix_now());
+        status.errors.clear();
+        info!(
+            generation,
+            files = loaded.files,
+            services = status.counts.services,
+            instances = status.counts.instances,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "config directory read"
+        );
+        Reload::Accepted(Arc::new(loaded.snapshot))
+    }
+
+    /// Watches the directory until `shutdown`, sending each accepted snapshot to `tx`.
+    /// Events are debounced by `debounce`; the directory is also rescanned every `rescan`.
+    pub async fn watch(
+        self,
+        tx: watch::Sender<Arc<Snapshot>>,
+        debounce: Duration,
+        rescan: Duration,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
+        let (events_tx, mut events_rx) = mpsc::unbounded_channel::<()>();
+        // The debouncer runs its own thread; it is dropped (and stops) when this task ends.
+        let debouncer = new_debouncer(debounce, None, move |result| {
+            if let Ok(events) = result {
+                let events: Vec<notify_debouncer_full::DebouncedEvent> = events;
+                if !events.is_empty() {
+                    let _ = events_tx.send(());
+                }
+            }
+        });
+        let _debouncer = match debouncer {
+            Ok(mut d) => match d.watch(&self.dir, RecursiveMode::Recursive) {
+                Ok(()) => Some(d),
+                Err(e) => {
+                    warn!(dir = %self.dir.display(), error = %e, "cannot watch the config directory; rescanning every {rescan:?} instead");
+                    None
+                }
+            },
+            Err(e) => {
+                warn!(error = %e, "no file watcher; rescanning every {rescan:?} instead");
+                None
+            }
+        };
+        let mut generation = tx.borrow().generation;
+        let mut ticker = tokio::time::interval(rescan);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                event = events_rx.recv() => if event.is_none() { return },
+                _ = ticker.tick() => {}
+            }
+            // Coalesce events that queued up while the last read ran.
+            while events_rx.try_recv().is_ok() {}
+            let this = self.clone();
+            let next = generation + 1;
+            let result = tokio::task::spawn_blocking(move || this.reload(next)).await;
+            match result {
+                Ok(Reload::Accepted(snapshot)) => {
+                    generation = next;
+                    tx.send_replace(snapshot);
+                }
+                Ok(Reload::Refused(_) | Reload::Unchanged) => {}
+                Err(e) => error!(error = %e, "config directory read panicked"),
+            }
+        }
+    }
+}
+
+enum Reload {
+    Accepted(Arc<Snapshot>),
+    Refused(Vec<Problem>),
+    Unchanged,
+}
