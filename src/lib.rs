@@ -7,4 +7,5 @@
 pub mod admin;
 pub mod cli;
 pub mod metrics;
+pub mod source;
 pub mod xds;
