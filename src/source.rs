@@ -2,6 +2,7 @@
 //! ([`consul`]). Each produces whole [`Snapshot`]s; a state with any error is refused as a
 //! whole and the last good snapshot keeps serving.
 
+pub mod consul;
 pub mod dir;
 pub mod document;
 pub mod from_consul;
