@@ -263,6 +263,7 @@ pub async fn run(
     let translator = Translator {
         store: store.clone(),
         settings: Settings {
+            // In Consul mode the CA's trust domain replaces it once Consul's roots are read.
             trust_domain: trust_domain(&args)?,
         },
         datacenter: args.datacenter.clone(),
@@ -281,7 +282,7 @@ pub async fn run(
                 );
             }
         };
-        let (tx, rx) = tokio::sync::watch::channel(first);
+        let (tx, rx) = tokio::sync::watch::channel(Some(first));
         tokio::spawn(
             source
                 .clone()
@@ -290,13 +291,10 @@ pub async fn run(
         tokio::spawn(translator.run(rx));
         SourceHandle::Dir(source)
     } else if let Some(addr) = &args.consul_addr {
-        let config = ConsulConfig {
-            addr: addr.clone(),
-            token: args.consul_token.clone(),
-            ca_file: args.consul_ca_file.clone(),
-            datacenter: args.datacenter.clone(),
-            wait: args.consul_wait,
-        };
+        let mut config = ConsulConfig::new(addr.clone(), args.datacenter.clone());
+        config.token = args.consul_token.clone();
+        config.ca_file = args.consul_ca_file.clone();
+        config.wait = args.consul_wait;
         let (source, rx) = crate::source::from_consul::start(config, metrics.clone(), stopped())
             .context("cannot start the Consul source")?;
         tokio::spawn(translator.run(rx));

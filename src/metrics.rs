@@ -96,6 +96,7 @@ pub struct Metrics {
     pub stream_errors: Counter,
     pub store_publishes: Counter,
     pub source: SourceMetrics,
+    pub consul: crate::source::consul::ConsulMetrics,
 }
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
@@ -123,8 +124,6 @@ pub struct SourceMetrics {
     pub warnings: Gauge,
     pub generation: Gauge,
     pub last_accepted: Gauge<f64, std::sync::atomic::AtomicU64>,
-    /// 1 while the source cannot be read and the last good snapshot is served.
-    pub stale: Gauge,
     pub snapshot_build: Histogram,
 }
 
@@ -166,12 +165,6 @@ impl SourceMetrics {
             "Unix time of the last accepted source state",
             last_accepted.clone(),
         );
-        let stale = Gauge::default();
-        reg.register(
-            "source_stale",
-            "1 while the source cannot be read (the last good snapshot is served)",
-            stale.clone(),
-        );
         let snapshot_build = Histogram::new(exponential_buckets(0.0001, 2.0, 18));
         reg.register_with_unit(
             "snapshot_build_duration",
@@ -192,7 +185,6 @@ impl SourceMetrics {
             warnings,
             generation,
             last_accepted,
-            stale,
             snapshot_build,
         }
     }
@@ -269,6 +261,7 @@ impl Metrics {
             store_publishes.clone(),
         );
         let source = SourceMetrics::register(reg);
+        let consul = crate::source::consul::ConsulMetrics::register(reg);
 
         // Each handle in its own statement: a family's read guard lives to the end of the
         // statement, and creating the next label needs its write lock.
@@ -295,6 +288,7 @@ impl Metrics {
             stream_errors,
             store_publishes,
             source,
+            consul,
             registry: root,
         }
     }

@@ -53,8 +53,15 @@ impl Translator {
 
     /// Translates and publishes one snapshot.
     pub fn apply(&self, snapshot: &Snapshot) {
+        // Consul's CA names the trust domain when there is one.
+        let settings = match &snapshot.ca_roots {
+            Some(roots) => Settings {
+                trust_domain: roots.trust_domain.clone(),
+            },
+            None => self.settings.clone(),
+        };
         for group in self.groups() {
-            let update = translate(snapshot, &group, &self.settings);
+            let update = translate(snapshot, &group, &settings);
             match self.store.publish(&group, update) {
                 Ok(Some(generation)) => debug!(
                     %group,
@@ -69,11 +76,15 @@ impl Translator {
         }
     }
 
-    /// Follows `snapshots` until the sender is dropped.
-    pub async fn run(self, mut snapshots: watch::Receiver<Arc<Snapshot>>) {
+    /// Follows `snapshots` until the sender is dropped. `None` (a source not synced yet)
+    /// publishes nothing: a stream of a group never published gets no response rather than
+    /// an empty configuration.
+    pub async fn run(self, mut snapshots: watch::Receiver<Option<Arc<Snapshot>>>) {
         loop {
             let snapshot = snapshots.borrow_and_update().clone();
-            self.apply(&snapshot);
+            if let Some(snapshot) = snapshot {
+                self.apply(&snapshot);
+            }
             if snapshots.changed().await.is_err() {
                 return;
             }

@@ -150,7 +150,7 @@ impl DirSource {
     /// Events are debounced by `debounce`; the directory is also rescanned every `rescan`.
     pub async fn watch(
         self,
-        tx: watch::Sender<Arc<Snapshot>>,
+        tx: watch::Sender<Option<Arc<Snapshot>>>,
         debounce: Duration,
         rescan: Duration,
         shutdown: impl std::future::Future<Output = ()>,
@@ -178,7 +178,7 @@ impl DirSource {
                 None
             }
         };
-        let mut generation = tx.borrow().generation;
+        let mut generation = tx.borrow().as_ref().map_or(0, |s| s.generation);
         let mut ticker = tokio::time::interval(rescan);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticker.tick().await;
@@ -197,7 +197,7 @@ impl DirSource {
             match result {
                 Ok(Reload::Accepted(snapshot)) => {
                     generation = next;
-                    tx.send_replace(snapshot);
+                    tx.send_replace(Some(snapshot));
                 }
                 Ok(Reload::Refused(_) | Reload::Unchanged) => {}
                 Err(e) => error!(error = %e, "config directory read panicked"),

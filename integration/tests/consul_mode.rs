@@ -1,0 +1,232 @@
+//! `meshgate serve --consul-addr` end to end, against the Consul test double: what Consul
+//! holds reaches an xDS stream; a health flip changes one assignment; Consul going away
+//! leaves the last snapshot serving and says so (`stale`), and recovery is automatic; the
+//! ACL token is sent; a 403 is reported naming the endpoint; a config entry Consul serves but
+//! that breaks a rule is refused as a whole.
+//!
+//! Durations here are generous upper bounds for "this arrives", never measurements.
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::HealthStatus;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use integration::app::App;
+use integration::client::{DeltaClient, names};
+use integration::consul_double::ConsulDouble;
+use integration::fixtures::node;
+use meshgate::xds::ResourceType;
+use prost::Message;
+use serde_json::{Value, json};
+
+const TD: &str = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee.consul";
+const SOON: Duration = Duration::from_secs(20);
+
+fn sni(service: &str) -> String {
+    format!("{service}.default.dc1.internal.{TD}")
+}
+
+fn web(node: &str, port: u16, status: &str) -> Value {
+    json!({
+        "Node": node,
+        "Address": "10.0.0.1",
+        "Service": {"ID": format!("web-{port}"), "Service": "web", "Port": port},
+        "Checks": [{"CheckID": format!("web-{port}-alive"), "Status": status, "ServiceID": format!("web-{port}")}]
+    })
+}
+
+fn seed(consul: &ConsulDouble) {
+    consul.set_ca_roots(json!({
+        "ActiveRootID": "root-1",
+        "TrustDomain": TD,
+        "Roots": [{"ID": "root-1", "Name": "Consul CA Root Cert", "RootCert": "-----BEGIN CERTIFICATE-----\n-----END CERTIFICATE-----\n", "Active": true}]
+    }));
+    consul.put_config_entry(json!({
+        "Kind": "exported-services", "Name": "default",
+        "Services": [{"Name": "web", "Consumers": [{"Peer": "dc2"}]}]
+    }));
+    consul.register(web("n1", 8080, "passing"));
+    consul.register(web("n2", 8081, "passing"));
+}
+
+fn start(consul: &ConsulDouble, extra: &[&str]) -> App {
+    let url = consul.url();
+    let mut flags = vec!["--consul-addr", url.as_str(), "--consul-wait", "2s"];
+    flags.extend_from_slice(extra);
+    App::start(&flags)
+}
+
+/// Receives (ACKing everything) until an assignment of `name` arrives.
+async fn next_assignment(client: &mut DeltaClient, name: &str) -> ClusterLoadAssignment {
+    loop {
+        let r = client.recv_ack().await;
+        if let Some(res) = r.resources.iter().find(|res| res.name == name) {
+            let any = res.resource.as_ref().expect("a resource body");
+            return ClusterLoadAssignment::decode(&any.value[..]).unwrap();
+        }
+    }
+}
+
+fn health(cla: &ClusterLoadAssignment) -> Vec<i32> {
+    cla.endpoints
+        .iter()
+        .flat_map(|l| l.lb_endpoints.iter().map(|e| e.health_status))
+        .collect()
+}
+
+async fn status(app: &App) -> Value {
+    app.sources().await
+}
+
+#[tokio::test]
+async fn consul_state_reaches_envoy_and_survives_consul_going_away() {
+    let consul = ConsulDouble::start("dc1");
+    seed(&consul);
+    let app = start(&consul, &[]);
+    app.wait_for(SOON, "the first snapshot from Consul", async |app| {
+        status(app).await["generation"].as_u64() >= Some(1)
+    })
+    .await;
+    let mut client = DeltaClient::connect(app.xds_addr, node("ingress-1")).await;
+    client.subscribe(ResourceType::Cluster, &[]).await;
+    // The cluster is named with the trust domain of Consul's CA.
+    assert_eq!(names(&client.recv_ack().await), [sni("web")]);
+    client
+        .subscribe(ResourceType::Endpoint, &[&sni("web")])
+        .await;
+    let healthy = HealthStatus::Healthy as i32;
+    let unhealthy = HealthStatus::Unhealthy as i32;
+    assert_eq!(
+        health(&next_assignment(&mut client, &sni("web")).await),
+        [healthy, healthy]
+    );
+
+    // A health flip: one blocking round trip, one new assignment.
+    consul.set_check("dc1", "n2", "web-8081-alive", "critical");
+    assert_eq!(
+        health(&next_assignment(&mut client, &sni("web")).await),
+        [healthy, unhealthy]
+    );
+    let generation = status(&app).await["generation"].as_u64().unwrap();
+
+    // Consul goes away for 5 s: the last snapshot keeps serving, and the source says so.
+    consul.stop();
+    app.wait_for(SOON, "stale to be reported", async |app| {
+        status(app).await["stale"] == json!(true)
+    })
+    .await;
+    assert_eq!(app.metric("meshgate_consul_stale").await, 1.0);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let s = status(&app).await;
+    assert_eq!(s["generation"].as_u64(), Some(generation), "{s}");
+    client.expect_quiet().await;
+    // It comes back: stale clears by itself, and a change made after reaches the stream.
+    consul.restart();
+    app.wait_for(SOON, "stale to clear", async |app| {
+        status(app).await["stale"] == json!(false)
+    })
+    .await;
+    assert_eq!(app.metric("meshgate_consul_stale").await, 0.0);
+    consul.set_check("dc1", "n2", "web-8081-alive", "passing");
+    assert_eq!(
+        health(&next_assignment(&mut client, &sni("web")).await),
+        [healthy, healthy]
+    );
+
+    // A service removed from the catalog leaves the assignment.
+    consul.deregister("dc1", "n1", "web-8080");
+    assert_eq!(
+        health(&next_assignment(&mut client, &sni("web")).await),
+        [healthy]
+    );
+}
+
+#[tokio::test]
+async fn the_token_is_sent_and_a_403_is_reported_naming_the_endpoint() {
+    let consul = ConsulDouble::start("dc1");
+    seed(&consul);
+    consul.require_token(Some("secret-token"));
+    // A wrong token: every watch is refused; the status names the endpoints and the cause.
+    let app = start(&consul, &["--consul-token", "wrong-token"]);
+    app.wait_for(SOON, "the ACL problem to be reported", async |app| {
+        status(app).await.to_string().contains("403")
+    })
+    .await;
+    let s = status(&app).await;
+    let watches = s["consul"]["watches"].as_array().unwrap();
+    let refused: Vec<&str> = watches
+        .iter()
+        .filter_map(|w| w["last_error"].as_str())
+        .collect();
+    assert!(
+        refused
+            .iter()
+            .any(|e| e.starts_with("Consul refused /v1/catalog/services with 403 (ACL not found)")),
+        "{refused:#?}"
+    );
+    assert_eq!(
+        s["generation"].as_u64(),
+        Some(0),
+        "nothing is served before a sync"
+    );
+    drop(app);
+
+    // The right token: sent on every request, and the mesh is read.
+    consul.clear_requests();
+    let app = start(&consul, &["--consul-token", "secret-token"]);
+    app.wait_for(SOON, "the first snapshot", async |app| {
+        status(app).await["generation"].as_u64() >= Some(1)
+    })
+    .await;
+    let requests = consul.requests();
+    assert!(!requests.is_empty());
+    for r in &requests {
+        assert_eq!(
+            r.token.as_deref(),
+            Some("secret-token"),
+            "{} {}",
+            r.path,
+            r.query
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_broken_entry_in_consul_is_refused_and_the_last_snapshot_serves() {
+    let consul = ConsulDouble::start("dc1");
+    seed(&consul);
+    let app = start(&consul, &[]);
+    app.wait_for(SOON, "the first snapshot", async |app| {
+        status(app).await["generation"].as_u64() >= Some(1)
+    })
+    .await;
+    let generation = status(&app).await["generation"].as_u64().unwrap();
+    // Two resolvers redirecting to each other: Consul itself would refuse to compile the
+    // chain; meshgate refuses the state.
+    consul.put_config_entry(
+        json!({"Kind": "service-resolver", "Name": "a", "Redirect": {"Service": "b"}}),
+    );
+    consul.put_config_entry(
+        json!({"Kind": "service-resolver", "Name": "b", "Redirect": {"Service": "a"}}),
+    );
+    app.wait_for(SOON, "the redirect cycle to be refused", async |app| {
+        let s = status(app).await;
+        s["errors"].as_array().is_some_and(|e| !e.is_empty())
+    })
+    .await;
+    let s = status(&app).await;
+    assert_eq!(
+        s["errors"][0],
+        json!(
+            "consul: redirect cycle: service-resolver \"a\" → service-resolver \"b\" → service-resolver \"a\""
+        )
+    );
+    assert_eq!(s["generation"].as_u64(), Some(generation));
+    // Fixed in Consul: accepted again.
+    consul.delete_config_entry("service-resolver", "b");
+    app.wait_for(SOON, "the fixed state to be accepted", async |app| {
+        let s = status(app).await;
+        s["errors"].as_array().is_some_and(|e| e.is_empty())
+            && s["generation"].as_u64() > Some(generation)
+    })
+    .await;
+}
