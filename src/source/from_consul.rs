@@ -149,11 +149,13 @@ async fn convert(
 #[derive(Default)]
 struct Converter {
     generation: u64,
-    services: HashMap<(String, String), (Arc<Json>, Result<Arc<[Instance]>, Problem>)>,
+    services: HashMap<(String, String), (Arc<Json>, Converted)>,
     entries: HashMap<&'static str, (Arc<Json>, Arc<Vec<Decoded>>)>,
 }
 
 type Decoded = Result<crate::model::ConfigEntry, Problem>;
+/// One service's instances, converted from the `Arc` of its last health answer.
+type Converted = Result<Arc<[Instance]>, Problem>;
 
 fn consul_file() -> Arc<str> {
     Arc::from("consul")
