@@ -36,6 +36,7 @@ test: envoy lint
 bench:
 	$(CARGO) build --release --workspace --bins
 	./target/release/meshgate-loadgen
+	./target/release/meshgate-sourcebench
 
 lint:
 	$(CARGO) fmt --all -- --check

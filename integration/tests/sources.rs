@@ -222,3 +222,35 @@ async fn rescans_of_an_unchanged_directory_push_nothing() {
     assert_eq!(app.sources().await["generation"].as_u64(), Some(1));
     client.expect_quiet().await;
 }
+
+#[tokio::test]
+async fn reading_the_files_does_not_count_as_a_change() {
+    // The watcher sees file events; a read of the directory (a reload, a rescan's digest)
+    // makes access events that must not start another read, or the source would never rest.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(d, "web.hcl", &web(&[8080]));
+    let app = App::start(&[
+        "--config-dir",
+        d.to_str().unwrap(),
+        "--trust-domain",
+        TD,
+        "--config-debounce",
+        "50ms",
+        "--config-rescan",
+        "1h",
+    ]);
+    // The same content written again: one event, one read, found unchanged.
+    std::fs::write(d.join("web.hcl"), web(&[8080])).unwrap();
+    app.wait_for(Duration::from_secs(10), "the event to be read", async |app| {
+        app.metric("meshgate_source_loads_total{result=\"unchanged\"}").await >= 1.0
+    })
+    .await;
+    // Many debounce periods later, nothing else was read.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        app.metric("meshgate_source_loads_total{result=\"unchanged\"}").await,
+        1.0
+    );
+    assert_eq!(app.metric("meshgate_source_loads_total{result=\"accepted\"}").await, 1.0);
+}

@@ -146,26 +146,30 @@ impl DirSource {
         Reload::Accepted(Arc::new(loaded.snapshot))
     }
 
-    /// Watches the directory until `shutdown`, sending each accepted snapshot to `tx`.
-    /// Events are debounced by `debounce`; the directory is also rescanned every `rescan`.
-    pub async fn watch(
+    /// Starts watching the directory (before returning, so no change made after this call
+    /// is missed) and returns the task that reloads it until `shutdown`, sending each
+    /// accepted snapshot to `tx`. Events are debounced by `debounce`; the directory is also
+    /// rescanned every `rescan`.
+    pub fn watch(
         self,
         tx: watch::Sender<Option<Arc<Snapshot>>>,
         debounce: Duration,
         rescan: Duration,
-        shutdown: impl std::future::Future<Output = ()>,
-    ) {
-        let (events_tx, mut events_rx) = mpsc::unbounded_channel::<()>();
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (events_tx, events_rx) = mpsc::unbounded_channel::<()>();
         // The debouncer runs its own thread; it is dropped (and stops) when this task ends.
         let debouncer = new_debouncer(debounce, None, move |result| {
             if let Ok(events) = result {
                 let events: Vec<notify_debouncer_full::DebouncedEvent> = events;
-                if !events.is_empty() {
+                // Reads (our own, when a rescan computes the digest) are not changes: counting
+                // them would make every rescan trigger another read.
+                if events.iter().any(|e| !e.kind.is_access()) {
                     let _ = events_tx.send(());
                 }
             }
         });
-        let _debouncer = match debouncer {
+        let debouncer = match debouncer {
             Ok(mut d) => match d.watch(&self.dir, RecursiveMode::Recursive) {
                 Ok(()) => Some(d),
                 Err(e) => {
@@ -178,6 +182,18 @@ impl DirSource {
                 None
             }
         };
+        self.reload_loop(tx, rescan, events_rx, debouncer, shutdown)
+    }
+
+    async fn reload_loop<D: Send + 'static>(
+        self,
+        tx: watch::Sender<Option<Arc<Snapshot>>>,
+        rescan: Duration,
+        mut events_rx: mpsc::UnboundedReceiver<()>,
+        // Kept alive (watching) as long as the loop runs.
+        _debouncer: D,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) {
         let mut generation = tx.borrow().as_ref().map_or(0, |s| s.generation);
         let mut ticker = tokio::time::interval(rescan);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
