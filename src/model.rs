@@ -52,11 +52,11 @@ impl Snapshot {
 
     /// Counts for logs and `meshgate validate`.
     pub fn counts(&self) -> SnapshotCounts {
-        let mut counts = SnapshotCounts {
-            datacenters: self.datacenters.len(),
-            ..Default::default()
-        };
+        let mut counts = SnapshotCounts::default();
         for dc in self.datacenters.values() {
+            if !dc.services.is_empty() {
+                counts.datacenters += 1;
+            }
             counts.services += dc.services.len();
             counts.instances += dc.services.values().map(|s| s.len()).sum::<usize>();
         }
@@ -69,6 +69,7 @@ impl Snapshot {
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize)]
 pub struct SnapshotCounts {
+    /// Datacenters with at least one service instance.
     pub datacenters: usize,
     pub services: usize,
     pub instances: usize,

@@ -242,15 +242,26 @@ async fn reading_the_files_does_not_count_as_a_change() {
     ]);
     // The same content written again: one event, one read, found unchanged.
     std::fs::write(d.join("web.hcl"), web(&[8080])).unwrap();
-    app.wait_for(Duration::from_secs(10), "the event to be read", async |app| {
-        app.metric("meshgate_source_loads_total{result=\"unchanged\"}").await >= 1.0
-    })
+    app.wait_for(
+        Duration::from_secs(10),
+        "the event to be read",
+        async |app| {
+            app.metric("meshgate_source_loads_total{result=\"unchanged\"}")
+                .await
+                >= 1.0
+        },
+    )
     .await;
     // Many debounce periods later, nothing else was read.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
-        app.metric("meshgate_source_loads_total{result=\"unchanged\"}").await,
+        app.metric("meshgate_source_loads_total{result=\"unchanged\"}")
+            .await,
         1.0
     );
-    assert_eq!(app.metric("meshgate_source_loads_total{result=\"accepted\"}").await, 1.0);
+    assert_eq!(
+        app.metric("meshgate_source_loads_total{result=\"accepted\"}")
+            .await,
+        1.0
+    );
 }

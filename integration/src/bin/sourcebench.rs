@@ -56,7 +56,10 @@ fn write_services(dir: &Path, services: usize, instances: usize) {
                         )
                     })
                     .collect();
-                (format!("{name}.hcl"), format!("services = [\n{}]\n", items.concat()))
+                (
+                    format!("{name}.hcl"),
+                    format!("services = [\n{}]\n", items.concat()),
+                )
             }
             1 => {
                 let items: Vec<serde_json::Value> = (0..instances)
@@ -127,7 +130,12 @@ fn cpu_seconds() -> f64 {
     // Fields after the command name (which is in parentheses and may contain spaces).
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15 of the whole line: 12 and 13 after ')'.
     (ticks(11) + ticks(12)) / 100.0
 }
@@ -159,7 +167,11 @@ async fn main() {
         let started = Instant::now();
         let loaded = load(dir.path(), "dc1", 1);
         reads.push(started.elapsed().as_secs_f64());
-        assert!(!loaded.has_errors(), "generated files must be valid: {:?}", loaded.problems.first());
+        assert!(
+            !loaded.has_errors(),
+            "generated files must be valid: {:?}",
+            loaded.problems.first()
+        );
         counts = Some((loaded.files, loaded.snapshot.counts()));
     }
     let (files, counts) = counts.unwrap();
@@ -178,9 +190,14 @@ async fn main() {
     let (source, first) = DirSource::open(dir.path(), "dc1", metrics.clone()).unwrap();
     let (tx, _rx) = tokio::sync::watch::channel(Some(first));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(source.watch(tx, Duration::from_millis(200), Duration::from_secs(30), async {
-        let _ = stop_rx.await;
-    }));
+    tokio::spawn(source.watch(
+        tx,
+        Duration::from_millis(200),
+        Duration::from_secs(30),
+        async {
+            let _ = stop_rx.await;
+        },
+    ));
     tokio::time::sleep(Duration::from_millis(500)).await;
     let cpu0 = cpu_seconds();
     let t0 = Instant::now();
@@ -223,13 +240,18 @@ async fn main() {
     let before = snapshots.borrow_and_update().as_ref().unwrap().generation;
     let started = Instant::now();
     consul.set_check("dc1", "node-7-3", "svc-0007-3-alive", "critical");
-    snapshots.wait_for(|s| s.as_ref().is_some_and(|s| s.generation > before)).await.unwrap();
+    snapshots
+        .wait_for(|s| s.as_ref().is_some_and(|s| s.generation > before))
+        .await
+        .unwrap();
     let change_s = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let requests = consul.requests();
     let other_health = requests
         .iter()
-        .filter(|r| r.path.starts_with("/v1/health/service/") && r.path != "/v1/health/service/svc-0007")
+        .filter(|r| {
+            r.path.starts_with("/v1/health/service/") && r.path != "/v1/health/service/svc-0007"
+        })
         .count();
     let own_health = requests
         .iter()
@@ -244,17 +266,48 @@ async fn main() {
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .map(|s| s.trim().to_owned())
         .unwrap_or_default();
-    println!("sources: {} services x {} instances, {} config entries, commit {commit}", args.services, args.instances, args.entries);
-    println!("  directory: {files} files, {} instances, {} entries", counts.instances, counts.entries.values().sum::<usize>());
-    println!("    full read into a snapshot (median of {}):   {:>8.1} ms", args.runs, read_s * 1e3);
-    println!("    rescan digest, nothing changed:             {:>8.1} ms", digest_s * 1e3);
-    println!("    idle CPU, file watcher:                     {:>8.2} % of a core", dir_idle * 100.0);
-    println!("    + one rescan per 30 s (the default):        {:>8.2} % of a core", digest_s / 30.0 * 100.0);
+    println!(
+        "sources: {} services x {} instances, {} config entries, commit {commit}",
+        args.services, args.instances, args.entries
+    );
+    println!(
+        "  directory: {files} files, {} instances, {} entries",
+        counts.instances,
+        counts.entries.values().sum::<usize>()
+    );
+    println!(
+        "    full read into a snapshot (median of {}):   {:>8.1} ms",
+        args.runs,
+        read_s * 1e3
+    );
+    println!(
+        "    rescan digest, nothing changed:             {:>8.1} ms",
+        digest_s * 1e3
+    );
+    println!(
+        "    idle CPU, file watcher:                     {:>8.2} % of a core",
+        dir_idle * 100.0
+    );
+    println!(
+        "    + one rescan per 30 s (the default):        {:>8.2} % of a core",
+        digest_s / 30.0 * 100.0
+    );
     println!("  consul (test double):");
-    println!("    first sync to a snapshot:                   {:>8.1} ms", first_sync_s * 1e3);
-    println!("    one health change to a new snapshot:        {:>8.1} ms", change_s * 1e3);
-    println!("    health requests seen for it: {own_health} for that service, {other_health} for other services");
-    println!("    idle CPU, blocking queries:                 {:>8.2} % of a core", consul_idle * 100.0);
+    println!(
+        "    first sync to a snapshot:                   {:>8.1} ms",
+        first_sync_s * 1e3
+    );
+    println!(
+        "    one health change to a new snapshot:        {:>8.1} ms",
+        change_s * 1e3
+    );
+    println!(
+        "    health requests seen for it: {own_health} for that service, {other_health} for other services"
+    );
+    println!(
+        "    idle CPU, blocking queries:                 {:>8.2} % of a core",
+        consul_idle * 100.0
+    );
     let out = json!({
         "commit": commit,
         "workload": {"services": args.services, "instances": args.instances, "entries": args.entries, "files": files},
@@ -265,5 +318,9 @@ async fn main() {
     });
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
     let _ = std::fs::create_dir_all(&path);
-    std::fs::write(path.join("sources.json"), serde_json::to_string_pretty(&out).unwrap()).unwrap();
+    std::fs::write(
+        path.join("sources.json"),
+        serde_json::to_string_pretty(&out).unwrap(),
+    )
+    .unwrap();
 }
