@@ -2,7 +2,7 @@
 //! three kinds of documents, and every problem `meshgate validate` reports, at its line.
 
 use super::*;
-use crate::model::entries::{Action, Protocol};
+use crate::model::entries::{Action, ConfigEntries, Protocol};
 use crate::model::{Health, ServiceKind};
 
 fn ok(files: &[(&str, &str)]) -> Snapshot {
@@ -593,4 +593,202 @@ fn documents_of_no_known_shape() {
         &[("x.yaml", "Name: web\nPort: 80\n")],
         "x.yaml:1: not a config entry (no Kind), a catalog registration (Node and Service) or an agent service definition (service or services)",
     );
+}
+
+// ---- every kind, every format, both spellings ---------------------------------------------
+
+/// Keys whose values are maps of user data: their keys are never re-spelled.
+const MAP_KEYS: [&str; 4] = ["Meta", "Subsets", "Failover", "Config"];
+
+fn snake(key: &str) -> String {
+    let chars: Vec<char> = key.chars().collect();
+    let mut out = String::new();
+    for (i, c) in chars.iter().enumerate() {
+        let prev_lower = i > 0 && (chars[i - 1].is_lowercase() || chars[i - 1].is_ascii_digit());
+        let acronym_end = i > 0
+            && chars[i - 1].is_uppercase()
+            && chars.get(i + 1).is_some_and(|n| n.is_lowercase());
+        if c.is_uppercase() && (prev_lower || acronym_end) {
+            out.push('_');
+        }
+        out.extend(c.to_lowercase());
+    }
+    out
+}
+
+/// Re-spells struct keys in snake_case, leaving user map keys alone.
+fn to_snake(value: &serde_json::Value, in_map: bool) -> serde_json::Value {
+    use serde_json::Value as J;
+    match value {
+        J::Object(fields) => J::Object(
+            fields
+                .iter()
+                .map(|(k, v)| {
+                    let key = if in_map { k.clone() } else { snake(k) };
+                    let child_is_map = !in_map && MAP_KEYS.contains(&k.as_str());
+                    (key, to_snake(v, child_is_map))
+                })
+                .collect(),
+        ),
+        J::Array(items) => J::Array(items.iter().map(|v| to_snake(v, false)).collect()),
+        other => other.clone(),
+    }
+}
+
+fn hcl(value: &serde_json::Value, indent: usize) -> String {
+    use serde_json::Value as J;
+    let pad = "  ".repeat(indent);
+    match value {
+        J::Object(fields) => {
+            let mut out = String::from("{\n");
+            for (k, v) in fields {
+                out.push_str(&format!("{pad}  {:?} = {}\n", k, hcl(v, indent + 1)));
+            }
+            out.push_str(&format!("{pad}}}"));
+            out
+        }
+        J::Array(items) => {
+            let items: Vec<String> = items.iter().map(|v| hcl(v, indent + 1)).collect();
+            format!("[{}]", items.join(", "))
+        }
+        other => other.to_string(),
+    }
+}
+
+fn yaml(value: &serde_json::Value, indent: usize) -> String {
+    use serde_json::Value as J;
+    let pad = "  ".repeat(indent);
+    match value {
+        J::Object(fields) => fields
+            .iter()
+            .map(|(k, v)| match v {
+                J::Object(_) => format!("{pad}{:?}:\n{}", k, yaml(v, indent + 1)),
+                J::Array(items) if !items.is_empty() => {
+                    let items: String = items
+                        .iter()
+                        .map(|item| match item {
+                            J::Object(_) => {
+                                let inner = yaml(item, indent + 2);
+                                format!("{pad}  -\n{inner}")
+                            }
+                            scalar => format!("{pad}  - {scalar}\n"),
+                        })
+                        .collect();
+                    format!("{pad}{:?}:\n{items}", k)
+                }
+                scalar => format!("{pad}{:?}: {scalar}\n", k),
+            })
+            .collect(),
+        other => format!("{pad}{other}\n"),
+    }
+}
+
+/// The top level of an HCL file is a body: `key = value` lines, no braces.
+fn hcl_body(value: &serde_json::Value) -> String {
+    value
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, v)| format!("{k} = {}\n", hcl(v, 0)))
+        .collect()
+}
+
+#[test]
+fn every_kind_is_the_same_entry_in_hcl_json_and_yaml_camel_and_snake() {
+    use serde_json::json;
+    let entries = [
+        json!({"Kind": "service-defaults", "Name": "web", "Protocol": "http", "MeshGateway": {"Mode": "local"},
+               "UpstreamConfig": {"Defaults": {"ConnectTimeoutMs": 2000, "Limits": {"MaxConnections": 10, "MaxPendingRequests": 5},
+                                                "PassiveHealthCheck": {"Interval": "10s", "MaxFailures": 3}}},
+               "Meta": {"Owner_Team": "media", "tier": "1"}}),
+        json!({"Kind": "proxy-defaults", "Name": "global", "Config": {"protocol": "http", "connect_timeout_ms": 5000},
+               "MeshGateway": {"Mode": "remote"}}),
+        json!({"Kind": "service-resolver", "Name": "api", "DefaultSubset": "v1",
+               "Subsets": {"v1": {"Filter": "Service.Meta.version == v1"}, "v2_canary": {"Filter": "Service.Tags contains canary", "OnlyPassing": true}},
+               "ConnectTimeout": "15s", "RequestTimeout": "30s",
+               "Failover": {"*": {"Targets": [{"Datacenter": "dc2"}, {"Service": "api-backup", "Datacenter": "dc3"}]}},
+               "LoadBalancer": {"Policy": "ring_hash", "RingHashConfig": {"MinimumRingSize": 1024, "MaximumRingSize": 8192},
+                                "HashPolicies": [{"Field": "header", "FieldValue": "x-user", "Terminal": true}]}}),
+        json!({"Kind": "service-resolver", "Name": "web", "Redirect": {"Service": "web-v2", "Datacenter": "dc2"}}),
+        json!({"Kind": "service-intentions", "Name": "api",
+               "Sources": [{"Name": "web", "Action": "allow", "Description": "front end"},
+                           {"Name": "admin", "Permissions": [
+                               {"Action": "deny", "HTTP": {"PathExact": "/v1/secret"}},
+                               {"Action": "allow", "HTTP": {"PathRegex": "^/v1/.*", "Methods": ["GET", "HEAD"],
+                                  "Header": [{"Name": "x-env", "Exact": "prod"}, {"Name": "x-debug", "Present": true, "Invert": true},
+                                             {"Name": "x-b", "Prefix": "a"}, {"Name": "x-c", "Suffix": "z"}, {"Name": "x-d", "Regex": "^[a-f]+$"}]}}]},
+                           {"Name": "*", "Action": "deny"}]}),
+        json!({"Kind": "exported-services", "Name": "default",
+               "Services": [{"Name": "api", "Consumers": [{"Peer": "dc2"}, {"Peer": "dc3"}]}, {"Name": "web", "Consumers": [{"Peer": "dc2"}]}]}),
+        json!({"Kind": "mesh", "TLS": {"Incoming": {"TLSMinVersion": "TLSv1_2", "CipherSuites": ["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256"]}},
+               "HTTP": {"SanitizeXForwardedClientCert": true}, "AllowEnablingPermissiveMutualTLS": false}),
+    ];
+    for entry in &entries {
+        let kind = entry["Kind"].as_str().unwrap();
+        let snake_entry = to_snake(entry, false);
+        let spellings = [
+            ("camel.json", serde_json::to_string_pretty(entry).unwrap()),
+            (
+                "snake.json",
+                serde_json::to_string_pretty(&snake_entry).unwrap(),
+            ),
+            ("camel.hcl", hcl_body(entry)),
+            ("snake.hcl", hcl_body(&snake_entry)),
+            ("camel.yaml", yaml(entry, 0)),
+            ("snake.yaml", yaml(&snake_entry, 0)),
+        ];
+        let mut reference: Option<ConfigEntries> = None;
+        for (file, text) in &spellings {
+            let loaded = load_files(&[(file, text)], "dc1", 1);
+            assert!(
+                !loaded.has_errors(),
+                "{kind} as {file} does not read:\n{text}\n{:#?}",
+                loaded.problems
+            );
+            let entries = loaded.snapshot.entries;
+            assert_eq!(
+                entries.counts().values().sum::<usize>(),
+                1,
+                "{kind} as {file}"
+            );
+            match &reference {
+                None => reference = Some(entries),
+                Some(r) => assert_eq!(
+                    format!("{:?}", strip_origins(r)),
+                    format!("{:?}", strip_origins(&entries)),
+                    "{kind} as {file} reads differently from camel.json:\n{text}"
+                ),
+            }
+        }
+    }
+}
+
+/// The entries without where they came from (files differ; content must not).
+fn strip_origins(e: &ConfigEntries) -> Vec<String> {
+    let mut out = Vec::new();
+    out.extend(
+        e.service_defaults
+            .values()
+            .map(|s| format!("{:?}", s.entry)),
+    );
+    out.extend(e.proxy_defaults.iter().map(|s| format!("{:?}", s.entry)));
+    out.extend(
+        e.service_resolvers
+            .values()
+            .map(|s| format!("{:?}", s.entry)),
+    );
+    out.extend(
+        e.service_intentions
+            .values()
+            .map(|s| format!("{:?}", s.entry)),
+    );
+    out.extend(e.exported_services.iter().map(|s| format!("{:?}", s.entry)));
+    out.extend(e.mesh.iter().map(|s| format!("{:?}", s.entry)));
+    // Spanned values print their lines; equality of content is what matters here.
+    out.iter().map(|s| strip_lines(s)).collect()
+}
+
+fn strip_lines(debug: &str) -> String {
+    let re = regex::Regex::new(r"line: \d+, ").unwrap();
+    re.replace_all(debug, "").into_owned()
 }
