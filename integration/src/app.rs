@@ -26,14 +26,7 @@ impl App {
 
     /// Like [`App::start`], but returns the error a refused start gives.
     pub fn try_start(flags: &[&str]) -> Result<App, String> {
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
-            )
-            .with_test_writer()
-            .try_init();
+        crate::harness::init_test_process();
         let mut argv = vec!["meshgate", "serve", "--debounce-quiet", "0"];
         argv.extend_from_slice(flags);
         let Command::Serve(args) = Cli::try_parse_from(&argv)

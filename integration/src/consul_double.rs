@@ -47,7 +47,6 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
-use tokio::net::TcpListener;
 use tokio::sync::{oneshot, watch};
 
 /// Consul's default blocking wait.
@@ -335,7 +334,7 @@ fn spawn_server(shared: Arc<Shared>, addr: SocketAddr) -> (Running, SocketAddr) 
             .build()
             .expect("runtime");
         rt.block_on(async move {
-            let listener = bind_retrying(addr).await;
+            let listener = crate::harness::bind_retrying(addr).await;
             let _ = ready_tx.send(listener.local_addr().expect("local addr"));
             let app = Router::new().fallback(handle).with_state(shared);
             tokio::spawn(async move {
@@ -354,21 +353,6 @@ fn spawn_server(shared: Arc<Shared>, addr: SocketAddr) -> (Running, SocketAddr) 
         },
         addr,
     )
-}
-
-async fn bind_retrying(addr: SocketAddr) -> TcpListener {
-    // A restarted double re-binds its port; the old sockets may take a moment to go.
-    let mut last = None;
-    for _ in 0..50 {
-        match TcpListener::bind(addr).await {
-            Ok(l) => return l,
-            Err(e) => {
-                last = Some(e);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-    panic!("cannot bind {addr}: {last:?}");
 }
 
 // ---- state mutations ----------------------------------------------------------------------
@@ -1056,50 +1040,14 @@ fn token_of(headers: &HeaderMap, params: &[(String, String)]) -> Option<String> 
         .filter(|t| !t.is_empty())
 }
 
-/// Go's `time.ParseDuration`.
+/// Go's `time.ParseDuration`, as Consul reads `wait`: a negative wait is a valid duration and
+/// means the default (returned as zero).
 pub fn parse_go_duration(s: &str) -> Option<Duration> {
-    let (neg, mut rest) = match s.as_bytes().first() {
-        Some(b'-') => (true, &s[1..]),
-        Some(b'+') => (false, &s[1..]),
-        _ => (false, s),
-    };
-    if rest == "0" {
-        return Some(Duration::ZERO);
+    use meshgate::model::duration::parse_go_duration as parse;
+    match s.strip_prefix('-') {
+        Some(rest) => parse(rest).ok().map(|_| Duration::ZERO),
+        None => parse(s).ok(),
     }
-    if rest.is_empty() {
-        return None;
-    }
-    let mut total: f64 = 0.0;
-    while !rest.is_empty() {
-        let num_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let num = &rest[..num_len];
-        if num.is_empty() || num == "." || num.matches('.').count() > 1 {
-            return None;
-        }
-        let value: f64 = num.parse().ok()?;
-        rest = &rest[num_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let nanos_per = match &rest[..unit_len] {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            _ => return None,
-        };
-        rest = &rest[unit_len..];
-        total += value * nanos_per;
-    }
-    if neg {
-        // Negative waits are valid Go durations; Consul then uses its default.
-        return Some(Duration::ZERO);
-    }
-    Some(Duration::from_nanos(total as u64))
 }
 
 fn random_below(max: Duration) -> Duration {

@@ -24,6 +24,19 @@ pub struct TestServer {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+/// What every in-process server needs once per test process: the crypto provider, and logs
+/// (`RUST_LOG=meshgate=debug` shows the server's side of a failing test).
+pub fn init_test_process() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
 /// The group the conformance tests and the Envoy tests use: ingress gateways of dc1.
 pub fn test_group() -> GroupKey {
     GroupKey::new(Role::Ingress, "dc1", None)
@@ -46,15 +59,7 @@ impl TestServer {
         xds_addr: Option<SocketAddr>,
         seed: Vec<(GroupKey, Update)>,
     ) -> TestServer {
-        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-        // RUST_LOG=meshgate=debug shows the server's side of a failing test.
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
-            )
-            .with_test_writer()
-            .try_init();
+        init_test_process();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
@@ -172,8 +177,9 @@ impl Drop for TestServer {
     }
 }
 
-async fn bind_retrying(addr: SocketAddr) -> TcpListener {
-    // A restarted server re-binds the port it had; the old sockets may take a moment to go.
+/// Binds `addr`, retrying for a few seconds: a restarted server (or double) re-binds the port
+/// it had, and the old sockets may take a moment to go.
+pub async fn bind_retrying(addr: SocketAddr) -> TcpListener {
     let mut last = None;
     for _ in 0..50 {
         match TcpListener::bind(addr).await {

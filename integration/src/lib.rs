@@ -9,3 +9,14 @@ pub mod envoy;
 pub mod fixtures;
 pub mod harness;
 pub mod upstream;
+
+/// The commit being measured, for benchmark reports (empty outside a git checkout).
+pub fn git_commit() -> String {
+    std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}

@@ -8,42 +8,30 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::Value as Json;
 use tokio::sync::watch;
-use tracing::{error, info, warn};
+use tracing::info;
 
 use super::consul::{ConsulSource, ConsulView, ViewReceiver};
 use super::dir::{EntryError, decode_entry};
 use super::document;
 use super::services::{ServiceEntry, from_service_entry};
-use super::{Problem, validate};
+use super::{LoadStatus, Problem, validate};
 use crate::metrics::Metrics;
 use crate::model::entries::Origin;
 use crate::model::{CaRoots, Instance, Snapshot, SnapshotBuilder};
 
 pub use super::consul::ConsulConfig;
 
-/// What `/debug/sources` shows besides the watches.
-#[derive(Debug, Clone, Default, Serialize)]
-struct ConvertStatus {
-    /// Generation of the snapshot being served (0: none yet, Consul not synced).
-    generation: u64,
-    last_accepted: Option<u64>,
-    last_refused: Option<u64>,
-    errors: Vec<String>,
-    warnings: Vec<String>,
-    refused_loads: u64,
-}
-
 /// The running Consul source, for the admin API.
 #[derive(Clone)]
 pub struct ConsulHandle {
     source: ConsulSource,
-    status: Arc<Mutex<ConvertStatus>>,
+    status: Arc<Mutex<LoadStatus>>,
 }
 
 impl ConsulHandle {
@@ -73,23 +61,16 @@ pub fn start(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<(ConsulHandle, watch::Receiver<Option<Arc<Snapshot>>>)> {
     let (source, views) = ConsulSource::start(config, metrics.consul.clone(), shutdown)?;
-    let status = Arc::new(Mutex::new(ConvertStatus::default()));
+    let status = Arc::new(Mutex::new(LoadStatus::default()));
     let (tx, rx) = watch::channel(None);
     tokio::spawn(convert(views, tx, status.clone(), metrics));
     Ok((ConsulHandle { source, status }, rx))
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
-
 async fn convert(
     mut views: ViewReceiver,
     tx: watch::Sender<Option<Arc<Snapshot>>>,
-    status: Arc<Mutex<ConvertStatus>>,
+    status: Arc<Mutex<LoadStatus>>,
     metrics: Arc<Metrics>,
 ) {
     let mut converter = Converter::default();
@@ -100,43 +81,22 @@ async fn convert(
             let result = converter.snapshot(&view);
             let m = &metrics.source;
             m.snapshot_build.observe(started.elapsed().as_secs_f64());
-            let mut st = status.lock();
-            match result {
-                Ok((snapshot, warnings)) => {
-                    for w in &warnings {
-                        warn!(problem = %w, "config warning");
-                    }
-                    m.loads_accepted.inc();
-                    m.current_errors.set(0);
-                    m.warnings.set(warnings.len() as i64);
-                    m.generation.set(snapshot.generation as i64);
-                    m.last_accepted.set(unix_now() as f64);
-                    st.generation = snapshot.generation;
-                    st.last_accepted = Some(unix_now());
-                    st.errors.clear();
-                    st.warnings = warnings.iter().map(|p| p.to_string()).collect();
-                    let counts = snapshot.counts();
-                    info!(
-                        generation = snapshot.generation,
-                        consul_generation = view.generation,
-                        services = counts.services,
-                        instances = counts.instances,
-                        "snapshot from Consul"
-                    );
-                    tx.send_replace(Some(Arc::new(snapshot)));
-                }
-                Err(problems) => {
-                    let errors: Vec<&Problem> = problems.iter().filter(|p| p.is_error()).collect();
-                    for e in &errors {
-                        error!(problem = %e, "Consul state refused; the last good snapshot keeps serving");
-                    }
-                    m.loads_refused.inc();
-                    m.errors.inc_by(errors.len() as u64);
-                    m.current_errors.set(errors.len() as i64);
-                    st.last_refused = Some(unix_now());
-                    st.refused_loads += 1;
-                    st.errors = errors.iter().map(|p| p.to_string()).collect();
-                }
+            let (snapshot, problems) = match result {
+                Ok((snapshot, warnings)) => (Some(snapshot), warnings),
+                Err(problems) => (None, problems),
+            };
+            let generation = snapshot.as_ref().map_or(0, |s| s.generation);
+            status.lock().record(m, generation, &problems);
+            if let Some(snapshot) = snapshot {
+                let counts = snapshot.counts();
+                info!(
+                    generation,
+                    consul_generation = view.generation,
+                    services = counts.services,
+                    instances = counts.instances,
+                    "snapshot from Consul"
+                );
+                tx.send_replace(Some(Arc::new(snapshot)));
             }
         }
         if views.changed().await.is_err() {

@@ -818,13 +818,7 @@ async fn generator(args: Args) -> anyhow::Result<()> {
         results.push(run(&args, protocol, services, streams).await?);
     }
     print_table(&results);
-    let commit = Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default();
+    let commit = integration::git_commit();
     let json = serde_json::json!({
         "commit": commit,
         "short": args.short,

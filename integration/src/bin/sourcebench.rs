@@ -259,13 +259,7 @@ async fn main() {
         .count();
     let _ = stop_tx.send(());
 
-    let commit = std::process::Command::new("git")
-        .args(["rev-parse", "--short", "HEAD"])
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default();
+    let commit = integration::git_commit();
     println!(
         "sources: {} services x {} instances, {} config entries, commit {commit}",
         args.services, args.instances, args.entries

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use notify::RecursiveMode;
 use notify_debouncer_full::new_debouncer;
@@ -17,27 +17,18 @@ use tracing::{error, info, warn};
 use super::{Loaded, load};
 use crate::metrics::Metrics;
 use crate::model::{Snapshot, SnapshotCounts};
-use crate::source::Problem;
+use crate::source::{LoadStatus, Problem};
 
 /// What `/debug/sources` shows for a directory source.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct DirStatus {
     pub source: &'static str,
     pub dir: String,
-    /// Generation of the snapshot being served.
-    pub generation: u64,
+    #[serde(flatten)]
+    pub load: LoadStatus,
     pub files: usize,
     pub documents: usize,
     pub counts: SnapshotCounts,
-    /// Unix seconds of the last accepted state.
-    pub last_accepted: Option<u64>,
-    /// Unix seconds of the last refused state, and its errors: empty once a later state is
-    /// accepted.
-    pub last_refused: Option<u64>,
-    pub errors: Vec<String>,
-    /// Warnings of the latest state read.
-    pub warnings: Vec<String>,
-    pub refused_loads: u64,
 }
 
 /// A directory source: the current status, and the task that watches the directory.
@@ -49,13 +40,6 @@ pub struct DirSource {
     metrics: Arc<Metrics>,
     /// Digest of the last state read (accepted or refused): the same files are not read twice.
     last_digest: Arc<Mutex<u64>>,
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
 }
 
 impl DirSource {
@@ -105,36 +89,13 @@ impl DirSource {
         let loaded: Loaded = load(&self.dir, &self.datacenter, generation);
         *self.last_digest.lock() = loaded.digest;
         m.snapshot_build.observe(started.elapsed().as_secs_f64());
-        let (errors, warnings): (Vec<&Problem>, Vec<&Problem>) =
-            loaded.problems.iter().partition(|p| p.is_error());
-        for w in &warnings {
-            warn!(problem = %w, "config warning");
-        }
-        m.warnings.set(warnings.len() as i64);
         let mut status = self.status.lock();
-        status.warnings = warnings.iter().map(|p| p.to_string()).collect();
-        if !errors.is_empty() {
-            for e in &errors {
-                error!(problem = %e, "config error; the last good snapshot keeps serving");
-            }
-            m.loads_refused.inc();
-            m.errors.inc_by(errors.len() as u64);
-            m.current_errors.set(errors.len() as i64);
-            status.last_refused = Some(unix_now());
-            status.errors = errors.iter().map(|p| p.to_string()).collect();
-            status.refused_loads += 1;
+        if !status.load.record(m, generation, &loaded.problems) {
             return Reload::Refused(loaded.problems);
         }
-        m.loads_accepted.inc();
-        m.current_errors.set(0);
-        m.generation.set(generation as i64);
-        m.last_accepted.set(unix_now() as f64);
-        status.generation = generation;
         status.files = loaded.files;
         status.documents = loaded.documents;
         status.counts = loaded.snapshot.counts();
-        status.last_accepted = Some(unix_now());
-        status.errors.clear();
         info!(
             generation,
             files = loaded.files,
