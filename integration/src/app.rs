@@ -38,11 +38,7 @@ impl App {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
+            let rt = crate::harness::server_runtime();
             let result = rt.block_on(async move {
                 let xds = TcpListener::bind("127.0.0.1:0").await.expect("bind");
                 let admin = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -328,11 +328,7 @@ fn spawn_server(shared: Arc<Shared>, addr: SocketAddr) -> (Running, SocketAddr) 
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
+        let rt = crate::harness::server_runtime();
         rt.block_on(async move {
             let listener = crate::harness::bind_retrying(addr).await;
             let _ = ready_tx.send(listener.local_addr().expect("local addr"));

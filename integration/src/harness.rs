@@ -37,6 +37,16 @@ pub fn init_test_process() {
         .try_init();
 }
 
+/// The runtime an in-process server runs on, on its own thread (2 workers, like the
+/// machine's cores), so that dropping it closes every socket at once.
+pub fn server_runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// The group the conformance tests and the Envoy tests use: ingress gateways of dc1.
 pub fn test_group() -> GroupKey {
     GroupKey::new(Role::Ingress, "dc1", None)
@@ -63,11 +73,7 @@ impl TestServer {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .expect("runtime");
+            let rt = crate::harness::server_runtime();
             rt.block_on(async move {
                 let metrics = Arc::new(Metrics::new());
                 let store = Store::new(debounce, metrics.clone());

@@ -303,17 +303,30 @@ impl Loader {
         self.builder.entries().insert(decoded, origin);
     }
 
-    fn registration(&mut self, file: &Arc<str>, value: &Value) {
-        let reg: CatalogRegistration = match document::decode(value) {
-            Ok(r) => r,
+    /// Decodes a document, or reports why not (prefixed with what it was meant to be).
+    fn decode<T: serde::de::DeserializeOwned>(
+        &mut self,
+        file: &Arc<str>,
+        value: &Value,
+        what: &str,
+    ) -> Option<T> {
+        match document::decode(value) {
+            Ok(t) => Some(t),
             Err(e) => {
                 self.problems.push(Problem::error(
                     file,
                     e.line,
-                    format!("catalog registration: {}", e.message),
+                    format!("{what}: {}", e.message),
                 ));
-                return;
+                None
             }
+        }
+    }
+
+    fn registration(&mut self, file: &Arc<str>, value: &Value) {
+        let Some(reg) = self.decode::<CatalogRegistration>(file, value, "catalog registration")
+        else {
+            return;
         };
         let datacenter = if reg.datacenter.is_empty() {
             self.local_datacenter.clone()
@@ -360,16 +373,8 @@ impl Loader {
     }
 
     fn agent_definition(&mut self, file: &Arc<str>, value: &Value) {
-        let def: AgentDefinition = match document::decode(value) {
-            Ok(d) => d,
-            Err(e) => {
-                self.problems.push(Problem::error(
-                    file,
-                    e.line,
-                    format!("service definition: {}", e.message),
-                ));
-                return;
-            }
+        let Some(def) = self.decode::<AgentDefinition>(file, value, "service definition") else {
+            return;
         };
         let node = self.agent_node.clone();
         for service in def.service.iter().chain(&def.services) {
