@@ -23,12 +23,12 @@ fn the_example_mesh_is_valid() {
     let (code, stdout, stderr) = validate(&dir);
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(
-        stdout.starts_with("valid: 10 files, 30 documents, 0 warnings\n"),
+        stdout.starts_with("valid: 10 files, 35 documents, 0 warnings\n"),
         "{stdout}"
     );
-    assert!(stdout.contains("  service-intentions: 6\n"), "{stdout}");
+    assert!(stdout.contains("  service-intentions: 7\n"), "{stdout}");
     assert!(
-        stdout.contains("  services: 14 (15 instances in 3 datacenters)\n"),
+        stdout.contains("  services: 17 (18 instances in 3 datacenters)\n"),
         "{stdout}"
     );
 }

@@ -10,6 +10,7 @@ Services = [
   # media-core
   { Name = "logic-router", Consumers = [{ Peer = "authn" }] },
   { Name = "postgrest",    Consumers = [{ Peer = "platform-config" }] },
+  { Name = "minio",        Consumers = [{ Peer = "platform-config" }] },
   # platform-config
   { Name = "config-api",   Consumers = [{ Peer = "media-core" }, { Peer = "authn" }] },
 ]
