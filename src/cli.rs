@@ -13,6 +13,8 @@ use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
 use crate::metrics::Metrics;
+use crate::model::Snapshot;
+use crate::model::intentions::DefaultPolicy;
 use crate::source::SourceHandle;
 use crate::source::dir::DirSource;
 use crate::source::from_consul::ConsulConfig;
@@ -53,6 +55,49 @@ pub enum Command {
     /// Check a directory of Consul-format files: every problem as `file:line: message`,
     /// exit 1 on errors (like `consul config validate`).
     Validate(ValidateArgs),
+    /// Intentions (like `consul intention`).
+    Intention(IntentionArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IntentionArgs {
+    #[command(subcommand)]
+    pub command: IntentionCommand,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum IntentionCommand {
+    /// Whether SOURCE may connect to DESTINATION: prints `Allowed` (exit 0) or `Denied`
+    /// (exit 1), the deciding intention on stderr; exit 2 on errors. L7 intentions count as
+    /// deny, as in `consul intention check`.
+    Check(IntentionCheckArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct IntentionCheckArgs {
+    /// The calling service.
+    pub source: String,
+    /// The called service.
+    pub destination: String,
+    /// Read the intentions from this directory of Consul-format files (takes precedence over
+    /// --consul-addr).
+    #[arg(long, env = "MESHGATE_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Read the intentions from Consul's HTTP API at this address (http:// or https://).
+    #[arg(long, env = "CONSUL_HTTP_ADDR")]
+    pub consul_addr: Option<String>,
+    /// ACL token sent to Consul as X-Consul-Token.
+    #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
+    pub consul_token: Option<String>,
+    /// PEM CA bundle to verify Consul's HTTPS certificate.
+    #[arg(long, env = "CONSUL_CACERT")]
+    pub consul_ca_file: Option<PathBuf>,
+    /// The local datacenter (of agent service definitions; of the Consul agent).
+    #[arg(long, default_value = "dc1", env = "MESHGATE_DATACENTER")]
+    pub datacenter: String,
+    /// What happens when no intention matches: allow or deny.
+    #[arg(long, default_value = "deny", value_parser = parse_default_policy)]
+    pub default_intention_policy: DefaultPolicy,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -121,6 +166,10 @@ pub struct ServeArgs {
     pub state_dir: PathBuf,
 }
 
+fn parse_default_policy(s: &str) -> Result<DefaultPolicy, String> {
+    s.parse()
+}
+
 /// Parses a duration as Go (and Consul) write them: "0", "250ms", "1.5s", "2m", "1h30m".
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::model::duration::parse_go_duration(s)
@@ -166,6 +215,103 @@ pub fn validate(args: &ValidateArgs) -> std::process::ExitCode {
         plural(counts.datacenters)
     );
     std::process::ExitCode::SUCCESS
+}
+
+/// How long `meshgate intention check --consul-addr` waits for Consul's first full answer.
+const CONSUL_SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `meshgate intention ...`; returns the exit code.
+pub fn intention(args: &IntentionArgs) -> std::process::ExitCode {
+    match &args.command {
+        IntentionCommand::Check(check) => intention_check(check),
+    }
+}
+
+fn intention_check(args: &IntentionCheckArgs) -> std::process::ExitCode {
+    let entries = if let Some(dir) = &args.config_dir {
+        if !dir.is_dir() {
+            eprintln!("{}: not a directory", dir.display());
+            return std::process::ExitCode::from(2);
+        }
+        let loaded = crate::source::dir::load(dir, &args.datacenter, 1);
+        if loaded.has_errors() {
+            for p in loaded.errors() {
+                eprintln!("{p}");
+            }
+            eprintln!(
+                "{} has errors (listed above); run `meshgate validate {}`",
+                dir.display(),
+                dir.display()
+            );
+            return std::process::ExitCode::from(2);
+        }
+        loaded.snapshot.entries
+    } else if let Some(addr) = &args.consul_addr {
+        match consul_snapshot(args, addr) {
+            Ok(snapshot) => snapshot.entries.clone(),
+            Err(e) => {
+                eprintln!("meshgate: {e:#}");
+                return std::process::ExitCode::from(2);
+            }
+        }
+    } else {
+        eprintln!("meshgate: give --config-dir DIR or --consul-addr URL (or set CONSUL_HTTP_ADDR)");
+        return std::process::ExitCode::from(2);
+    };
+    let decision = crate::model::intentions::check(
+        &entries,
+        &args.source,
+        &args.destination,
+        args.default_intention_policy,
+    );
+    println!(
+        "{}",
+        if decision.allowed {
+            "Allowed"
+        } else {
+            "Denied"
+        }
+    );
+    eprintln!("{}", decision.reason);
+    if decision.allowed {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
+
+/// Starts the Consul source on a runtime of its own and waits for its first snapshot.
+fn consul_snapshot(args: &IntentionCheckArgs, addr: &str) -> anyhow::Result<Arc<Snapshot>> {
+    // The process-wide crypto provider, as `serve` installs it (already there is fine).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    let result = runtime.block_on(async {
+        let mut config = ConsulConfig::new(addr.to_owned(), args.datacenter.clone());
+        config.token = args.consul_token.clone();
+        config.ca_file = args.consul_ca_file.clone();
+        let (source, mut rx) = crate::source::from_consul::start(
+            config,
+            Arc::new(Metrics::new()),
+            std::future::pending(),
+        )
+        .context("cannot start the Consul source")?;
+        let first = tokio::time::timeout(CONSUL_SYNC_TIMEOUT, rx.wait_for(|s| s.is_some())).await;
+        drop(source);
+        match first {
+            Ok(Ok(snapshot)) => Ok(snapshot.clone().expect("waited for a snapshot")),
+            Ok(Err(_)) => anyhow::bail!("the Consul source stopped before it had read Consul"),
+            Err(_) => anyhow::bail!(
+                "no complete state from Consul at {addr} within {}s: is it reachable, and may the token read the catalog and config entries?",
+                CONSUL_SYNC_TIMEOUT.as_secs()
+            ),
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 fn plural(n: usize) -> &'static str {

@@ -7,6 +7,9 @@ fn main() -> std::process::ExitCode {
     if let Command::Validate(args) = &cli.command {
         return meshgate::cli::validate(args);
     }
+    if let Command::Intention(args) = &cli.command {
+        return meshgate::cli::intention(args);
+    }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match cli.log_format {
         LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
@@ -35,7 +38,9 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => meshgate::cli::serve(*args).await,
-            Command::Validate(_) => unreachable!("handled before the runtime starts"),
+            Command::Validate(_) | Command::Intention(_) => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     });
     match result {

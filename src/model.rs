@@ -9,6 +9,7 @@
 pub mod duration;
 pub mod entries;
 pub mod filter;
+pub mod intentions;
 pub mod spanned;
 
 use std::collections::BTreeMap;
