@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod endpoint;
 pub mod names;
+pub mod secret;
 
 use std::sync::Arc;
 
