@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod endpoint;
 pub mod names;
 pub mod rbac;
+pub mod secret;
 
 use std::sync::Arc;
 

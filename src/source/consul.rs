@@ -18,9 +18,9 @@
 //! The view is published once every watch started so far has answered (synced), then on
 //! every change. Errors keep the last good data; the source is `stale` meanwhile.
 
-mod api;
+pub(crate) mod api;
 pub mod metrics;
-mod pacing;
+pub(crate) mod pacing;
 mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
