@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
+use crate::ca::{CaConfig, CertManager};
 use crate::metrics::Metrics;
 use crate::model::Snapshot;
 use crate::model::intentions::DefaultPolicy;
@@ -161,9 +162,27 @@ pub struct ServeArgs {
     /// created on first start; in Consul mode, the CA's.
     #[arg(long, env = "MESHGATE_TRUST_DOMAIN")]
     pub trust_domain: Option<String>,
-    /// Where meshgate keeps what must survive restarts (the trust domain).
+    /// What intentions decide when none matches a caller: allow or deny.
+    #[arg(
+        long,
+        default_value = "deny",
+        value_parser = parse_default_policy,
+        env = "MESHGATE_DEFAULT_INTENTION_POLICY"
+    )]
+    pub default_intention_policy: DefaultPolicy,
+    /// Where meshgate keeps what must survive restarts (the trust domain, the built-in CA).
     #[arg(long, default_value = ".meshgate", env = "MESHGATE_STATE_DIR")]
     pub state_dir: PathBuf,
+    /// PEM certificate of the CA that signs leaves (directory mode); with --ca-key. Default:
+    /// a CA created on first start and kept in --state-dir.
+    #[arg(long, requires = "ca_key", env = "MESHGATE_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// PEM private key of --ca-cert.
+    #[arg(long, requires = "ca_cert", env = "MESHGATE_CA_KEY")]
+    pub ca_key: Option<PathBuf>,
+    /// Lifetime of leaf certificates from the built-in CA; each is replaced at two thirds.
+    #[arg(long, default_value = "72h", value_parser = parse_duration)]
+    pub leaf_ttl: Duration,
 }
 
 fn parse_default_policy(s: &str) -> Result<DefaultPolicy, String> {
@@ -406,13 +425,16 @@ pub async fn run(
         }
     };
 
-    let translator = Translator {
+    let td = trust_domain(&args)?;
+    let mut translator = Translator {
         store: store.clone(),
         settings: Settings {
             // In Consul mode the CA's trust domain replaces it once Consul's roots are read.
-            trust_domain: trust_domain(&args)?,
+            trust_domain: td.clone(),
+            default_policy: args.default_intention_policy,
         },
         datacenter: args.datacenter.clone(),
+        certs: None,
     };
     let sources = if let Some(dir) = &args.config_dir {
         let (source, first) = match DirSource::open(dir, &args.datacenter, metrics.clone()) {
@@ -428,6 +450,12 @@ pub async fn run(
                 );
             }
         };
+        let mut ca = CaConfig::new(td.clone());
+        ca.state_dir = args.state_dir.clone();
+        ca.ca_cert = args.ca_cert.clone();
+        ca.ca_key = args.ca_key.clone();
+        ca.leaf_ttl = args.leaf_ttl;
+        translator.certs = Some(CertManager::builtin(ca).context("cannot start the built-in CA")?);
         let (tx, rx) = tokio::sync::watch::channel(Some(first));
         tokio::spawn(
             source
@@ -441,8 +469,13 @@ pub async fn run(
         config.token = args.consul_token.clone();
         config.ca_file = args.consul_ca_file.clone();
         config.wait = args.consul_wait;
-        let (source, rx) = crate::source::from_consul::start(config, metrics.clone(), stopped())
-            .context("cannot start the Consul source")?;
+        let (source, rx) =
+            crate::source::from_consul::start(config.clone(), metrics.clone(), stopped())
+                .context("cannot start the Consul source")?;
+        translator.certs = Some(
+            CertManager::consul(&config, td.clone(), rx.clone())
+                .context("cannot start fetching leaf certificates from Consul")?,
+        );
         tokio::spawn(translator.run(rx));
         SourceHandle::Consul(source)
     } else {

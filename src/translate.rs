@@ -7,16 +7,32 @@
 
 pub mod cluster;
 pub mod endpoint;
+pub mod gateway;
+pub mod listener;
 pub mod names;
 pub mod rbac;
+pub mod route;
 pub mod secret;
+pub mod sidecar;
+pub mod tls;
 
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::config::core::v3::{
+    AggregatedConfigSource, ConfigSource, config_source::ConfigSourceSpecifier,
+};
+use envoy_types::pb::google::protobuf::Any;
+use prost::{Message, Name};
 use tokio::sync::watch;
 use tracing::{debug, error};
 
+use std::collections::BTreeSet;
+
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
+
+use crate::ca::{CertManager, CertSet};
 use crate::model::Snapshot;
+use crate::model::intentions::DefaultPolicy;
 use crate::xds::{GroupKey, Role, Store, Update};
 
 /// Settings translation needs beyond the snapshot.
@@ -24,33 +40,140 @@ use crate::xds::{GroupKey, Role, Store, Update};
 pub struct Settings {
     /// The SPIFFE trust domain (`<uuid>.consul`), used in SNIs and identities.
     pub trust_domain: String,
+    /// What intentions decide when none matches (`--default-intention-policy`).
+    pub default_policy: DefaultPolicy,
+}
+
+/// A typed config as Envoy takes it.
+pub fn any<M: Message + Name>(m: &M) -> Any {
+    Any {
+        type_url: M::type_url(),
+        value: m.encode_to_vec(),
+    }
+}
+
+/// Configuration over the ADS stream itself.
+pub fn ads() -> ConfigSource {
+    ConfigSource {
+        resource_api_version: 2, // V3
+        config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
+        ..Default::default()
+    }
 }
 
 /// Everything one group gets from one snapshot.
 pub fn translate(snapshot: &Snapshot, group: &GroupKey, settings: &Settings) -> Update {
+    let dc = &group.datacenter;
     match group.role {
         Role::Ingress => {
-            let services = cluster::ingress_services(snapshot, &group.datacenter);
+            let services = cluster::ingress_services(snapshot, dc);
             Update::new()
-                .replace(cluster::ingress_clusters(snapshot, &services, settings))
-                .replace(endpoint::ingress_assignments(snapshot, &services, settings))
+                .replace(cluster::ingress_clusters(snapshot, dc, &services, settings))
+                .replace(endpoint::ingress_assignments(
+                    snapshot, dc, &services, settings,
+                ))
+                .replace(listener::ingress_listener(
+                    snapshot, dc, &services, settings,
+                ))
+                .replace(route::ingress_routes(snapshot, dc, &services, settings))
         }
-        // Egress and sidecar resources come with the gateways' listeners.
-        Role::Egress | Role::Sidecar => Update::new(),
+        Role::Egress => Update::new()
+            .replace(cluster::egress_clusters(snapshot, dc, settings))
+            .replace(endpoint::egress_assignments(snapshot, dc, settings))
+            .replace(listener::egress_listener(snapshot, dc, settings)),
+        Role::Sidecar => {
+            let service = group.service.as_deref().unwrap_or_default();
+            let r = sidecar::sidecar(snapshot, dc, service, settings);
+            Update::new()
+                .replace(r.clusters)
+                .replace(r.assignments)
+                .replace(r.listeners)
+                .replace(r.routes)
+        }
     }
 }
 
-/// Publishes every snapshot's translation to the groups meshgate serves: the ingress
-/// gateways of its datacenter.
+/// The leaves a group's Envoys present: an ingress gateway the leaf of each service it
+/// exports, a sidecar its own service's; an egress gateway passes TLS through and has none.
+pub fn wanted_leaves(snapshot: &Snapshot, group: &GroupKey) -> BTreeSet<(String, String)> {
+    let dc = group.datacenter.to_string();
+    match group.role {
+        Role::Ingress => cluster::ingress_services(snapshot, &dc)
+            .into_iter()
+            .map(|s| (s, dc.clone()))
+            .collect(),
+        Role::Sidecar => group
+            .service
+            .iter()
+            .map(|s| (s.to_string(), dc.clone()))
+            .collect(),
+        Role::Egress => BTreeSet::new(),
+    }
+}
+
+/// A group's secrets: its leaves and, for every role that verifies peers, the trust bundle.
+pub fn secrets(
+    group: &GroupKey,
+    wanted: &BTreeSet<(String, String)>,
+    certs: &CertSet,
+) -> Vec<Secret> {
+    if group.role == Role::Egress {
+        return Vec::new();
+    }
+    let mut out = vec![secret::trust_bundle(certs)];
+    out.extend(
+        wanted
+            .iter()
+            .filter_map(|key| certs.leaves.get(key))
+            .map(|leaf| secret::leaf_secret(leaf)),
+    );
+    out
+}
+
+/// Publishes every snapshot's translation to the groups meshgate serves: the ingress and
+/// egress gateways of every datacenter the snapshot knows (a directory describes the whole
+/// mesh; from Consul, the local datacenter is the one with services), and the sidecars that
+/// declare upstreams.
 pub struct Translator {
     pub store: Store,
     pub settings: Settings,
     pub datacenter: String,
+    /// Leaves and the trust bundle; `None` serves no secrets (TLS listeners then wait).
+    pub certs: Option<CertManager>,
 }
 
 impl Translator {
-    fn groups(&self) -> Vec<GroupKey> {
-        vec![GroupKey::new(Role::Ingress, &self.datacenter, None)]
+    fn groups(&self, snapshot: &Snapshot) -> Vec<GroupKey> {
+        let mut dcs: Vec<&str> = snapshot.datacenters.keys().map(String::as_str).collect();
+        if !dcs.contains(&self.datacenter.as_str()) {
+            dcs.push(&self.datacenter);
+        }
+        let mut groups: Vec<GroupKey> = dcs
+            .iter()
+            .flat_map(|dc| {
+                [
+                    GroupKey::new(Role::Ingress, dc, None),
+                    GroupKey::new(Role::Egress, dc, None),
+                ]
+            })
+            .collect();
+        // A sidecar group per service whose sidecars declare upstreams.
+        for (dc_name, dc) in &snapshot.datacenters {
+            let mut services: Vec<&str> = dc
+                .services
+                .values()
+                .flat_map(|s| s.iter())
+                .filter_map(|i| i.proxy.as_ref())
+                .filter(|p| !p.upstreams.is_empty())
+                .map(|p| p.destination_service_name.as_str())
+                .collect();
+            services.sort_unstable();
+            services.dedup();
+            for s in services {
+                groups.push(GroupKey::new(Role::Sidecar, dc_name, Some(s)));
+            }
+        }
+        groups
     }
 
     /// Translates and publishes one snapshot.
@@ -59,11 +182,23 @@ impl Translator {
         let settings = match &snapshot.ca_roots {
             Some(roots) => Settings {
                 trust_domain: roots.trust_domain.clone(),
+                ..self.settings.clone()
             },
             None => self.settings.clone(),
         };
-        for group in self.groups() {
-            let update = translate(snapshot, &group, &settings);
+        let groups = self.groups(snapshot);
+        let wanted: Vec<BTreeSet<(String, String)>> =
+            groups.iter().map(|g| wanted_leaves(snapshot, g)).collect();
+        let certs = self.certs.as_ref().map(|c| {
+            let all: BTreeSet<(String, String)> = wanted.iter().flatten().cloned().collect();
+            c.ensure(&all)
+        });
+        for (group, wanted) in groups.iter().zip(&wanted) {
+            let mut update = translate(snapshot, group, &settings);
+            if let Some(certs) = &certs {
+                update = update.replace(secrets(group, wanted, certs));
+            }
+            let group = group.clone();
             match self.store.publish(&group, update) {
                 Ok(Some(generation)) => debug!(
                     %group,
@@ -81,14 +216,23 @@ impl Translator {
     /// Follows `snapshots` until the sender is dropped. `None` (a source not synced yet)
     /// publishes nothing: a stream of a group never published gets no response rather than
     /// an empty configuration.
+    /// A rotated leaf republishes the secrets of the current snapshot.
     pub async fn run(self, mut snapshots: watch::Receiver<Option<Arc<Snapshot>>>) {
+        let mut rotations = self.certs.as_ref().map(|c| c.changes());
         loop {
             let snapshot = snapshots.borrow_and_update().clone();
             if let Some(snapshot) = snapshot {
                 self.apply(&snapshot);
             }
-            if snapshots.changed().await.is_err() {
-                return;
+            let rotated = async {
+                match rotations.as_mut() {
+                    Some(r) => r.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = snapshots.changed() => if changed.is_err() { return },
+                alive = rotated => if !alive { rotations = None },
             }
         }
     }

@@ -56,13 +56,31 @@ impl Envoy {
     /// Starts Envoy with an ADS bootstrap pointing at `xds`, node `node_id` in the test group
     /// (role ingress, datacenter dc1), and waits for its admin API.
     pub async fn start(xds: SocketAddr, api: AdsApi, node_id: &str) -> Envoy {
+        Self::start_as(
+            xds,
+            api,
+            node_id,
+            &[("role", "ingress"), ("datacenter", "dc1")],
+        )
+        .await
+    }
+
+    /// Starts Envoy as a node with the given metadata (role, datacenter, service).
+    pub async fn start_as(
+        xds: SocketAddr,
+        api: AdsApi,
+        node_id: &str,
+        metadata: &[(&str, &str)],
+    ) -> Envoy {
         let dir = tempfile::tempdir().expect("tempdir");
+        let metadata: Vec<String> = metadata.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let metadata = metadata.join(", ");
         let bootstrap = format!(
             r#"
 node:
   id: {node_id}
   cluster: test
-  metadata: {{ role: ingress, datacenter: dc1 }}
+  metadata: {{ {metadata} }}
 admin:
   address: {{ socket_address: {{ address: 127.0.0.1, port_value: 0 }} }}
 dynamic_resources:

@@ -1,4 +1,6 @@
-//! Test upstreams: HTTP/1 servers on 127.0.0.1 that answer every request with their name.
+//! Test upstreams: HTTP/1 servers on 127.0.0.1 that answer every request with their name,
+//! and echo the `x-forwarded-client-cert` they received in the response header
+//! `x-received-xfcc` (what a service behind an ingress gateway learns of its caller).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -37,13 +39,22 @@ impl Upstream {
                 };
                 let (h, b) = (h.clone(), b.clone());
                 tokio::spawn(async move {
-                    let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
+                    let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
                         h.fetch_add(1, Ordering::Relaxed);
                         let b = b.clone();
+                        let xfcc = req
+                            .headers()
+                            .get("x-forwarded-client-cert")
+                            .and_then(|v| v.to_str().ok())
+                            .map(str::to_owned);
                         async move {
-                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(
-                                b.to_string(),
-                            ))))
+                            let mut response = Response::new(Full::new(Bytes::from(b.to_string())));
+                            if let Some(xfcc) = xfcc
+                                && let Ok(v) = xfcc.parse()
+                            {
+                                response.headers_mut().insert("x-received-xfcc", v);
+                            }
+                            Ok::<_, Infallible>(response)
                         }
                     });
                     let _ = http1::Builder::new()

@@ -12,10 +12,26 @@ use envoy_types::pb::envoy::config::core::v3::{
 };
 use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
 
+use std::net::IpAddr;
+
+use envoy_types::pb::envoy::config::cluster::v3::cluster::DnsLookupFamily;
+use envoy_types::pb::envoy::config::cluster::v3::{
+    CircuitBreakers, OutlierDetection, circuit_breakers::Thresholds,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::{
+    ExplicitHttpConfig, UpstreamProtocolOptions, explicit_http_config::ProtocolConfig,
+};
+
 use super::Settings;
-use super::names::service_sni;
-use crate::model::Snapshot;
-use crate::model::entries::ServiceResolver;
+use super::gateway::{GatewayRole, gateways};
+use super::listener::{remote_datacenters, socket_address};
+use super::names::{gateway_sni, service_sni};
+use crate::model::entries::{Protocol, ServiceResolver, UpstreamSettings};
+use crate::model::{Health, ServiceAddress, Snapshot};
 
 /// Consul's default connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -58,13 +74,15 @@ pub fn pb_duration(d: Duration) -> PbDuration {
     }
 }
 
-/// The clusters of an ingress gateway: per service, the service's SNI and each subset's.
+/// The clusters of an ingress gateway: per service, the service's SNI and each subset's,
+/// with the service's circuit breakers and passive health checks (`service-defaults`
+/// `UpstreamConfig.Defaults`), and HTTP/2 to the service when it speaks http2 or grpc.
 pub fn ingress_clusters(
     snapshot: &Snapshot,
+    dc: &str,
     services: &[String],
     settings: &Settings,
 ) -> Vec<Cluster> {
-    let dc = &snapshot.local_datacenter;
     let mut out = Vec::new();
     for service in services {
         let resolver = snapshot
@@ -72,18 +90,150 @@ pub fn ingress_clusters(
             .service_resolvers
             .get(service)
             .map(|s| &*s.entry);
-        out.push(eds_cluster(
+        let defaults = snapshot
+            .entries
+            .service_defaults
+            .get(service)
+            .and_then(|d| d.entry.upstream_config.as_ref())
+            .and_then(|u| u.defaults.as_ref());
+        let protocol = snapshot.entries.protocol(service);
+        let finish = |mut c: Cluster| {
+            if let Some(d) = defaults {
+                apply_upstream_settings(&mut c, d);
+            }
+            if matches!(protocol, Protocol::Http2 | Protocol::Grpc) {
+                http2(&mut c);
+            }
+            c
+        };
+        out.push(finish(eds_cluster(
             service_sni(service, "", dc, &settings.trust_domain),
             resolver,
-        ));
+        )));
         for subset in resolver.iter().flat_map(|r| r.subsets.keys()) {
-            out.push(eds_cluster(
+            out.push(finish(eds_cluster(
                 service_sni(service, subset, dc, &settings.trust_domain),
                 resolver,
-            ));
+            )));
         }
     }
     out
+}
+
+/// Circuit breakers (`Limits`) and outlier detection (`PassiveHealthCheck`).
+fn apply_upstream_settings(cluster: &mut Cluster, settings: &UpstreamSettings) {
+    if let Some(limits) = &settings.limits {
+        let u32v = |v: Option<u32>| v.map(|value| UInt32Value { value });
+        cluster.circuit_breakers = Some(CircuitBreakers {
+            thresholds: vec![Thresholds {
+                max_connections: u32v(limits.max_connections),
+                max_pending_requests: u32v(limits.max_pending_requests),
+                max_requests: u32v(limits.max_concurrent_requests),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+    }
+    if let Some(p) = &settings.passive_health_check {
+        cluster.outlier_detection = Some(OutlierDetection {
+            interval: p.interval.map(|d| pb_duration(d.get())),
+            consecutive_5xx: (p.max_failures > 0).then_some(UInt32Value {
+                value: p.max_failures,
+            }),
+            enforcing_consecutive_5xx: p
+                .enforcing_consecutive5xx
+                .map(|value| UInt32Value { value }),
+            max_ejection_percent: p.max_ejection_percent.map(|value| UInt32Value { value }),
+            base_ejection_time: p.base_ejection_time.map(|d| pb_duration(d.get())),
+            ..Default::default()
+        });
+    }
+}
+
+/// Speaks HTTP/2 to the upstream.
+fn http2(cluster: &mut Cluster) {
+    let options = HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+            ExplicitHttpConfig {
+                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(Default::default())),
+            },
+        )),
+        ..Default::default()
+    };
+    cluster.typed_extension_protocol_options.insert(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
+        super::any(&options),
+    );
+}
+
+/// The clusters of an egress gateway: per other datacenter with ingress gateways, one named
+/// `<dc>.internal.<trust-domain>` — EDS over their `wan` addresses, or DNS when those are
+/// host names (Consul's `HostnameDatacenters`).
+pub fn egress_clusters(snapshot: &Snapshot, dc: &str, settings: &Settings) -> Vec<Cluster> {
+    remote_datacenters(snapshot, dc)
+        .into_iter()
+        .map(|remote| {
+            let name = gateway_sni(remote, &settings.trust_domain);
+            let targets = remote_gateway_addresses(snapshot, remote);
+            if targets.iter().any(|a| a.address.parse::<IpAddr>().is_err()) {
+                dns_cluster(name, &targets)
+            } else {
+                eds_cluster(name, None)
+            }
+        })
+        .collect()
+}
+
+/// The `wan` addresses of a datacenter's ingress gateways, healthy ones only.
+pub fn remote_gateway_addresses(snapshot: &Snapshot, dc: &str) -> Vec<ServiceAddress> {
+    gateways(snapshot, dc, GatewayRole::Ingress)
+        .into_iter()
+        .filter(|g| !matches!(g.health(), Health::Critical | Health::Maintenance))
+        .map(|g| g.wan_address())
+        .collect()
+}
+
+/// A STRICT_DNS cluster over host names (each resolved, IPv4).
+fn dns_cluster(name: String, targets: &[ServiceAddress]) -> Cluster {
+    let endpoints = targets
+        .iter()
+        .map(|t| LbEndpoint {
+            host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                address: Some(socket_address(&t.address, t.port)),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+        .collect();
+    Cluster {
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: name.clone(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: endpoints,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        name,
+        connect_timeout: Some(pb_duration(DEFAULT_CONNECT_TIMEOUT)),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::StrictDns as i32)),
+        dns_lookup_family: DnsLookupFamily::V4Only as i32,
+        ..Default::default()
+    }
+}
+
+/// A bare EDS cluster over ADS.
+pub fn eds(name: String) -> Cluster {
+    Cluster {
+        name,
+        connect_timeout: Some(pb_duration(DEFAULT_CONNECT_TIMEOUT)),
+        cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
+        eds_cluster_config: Some(EdsClusterConfig {
+            eds_config: Some(ads()),
+            service_name: String::new(),
+        }),
+        ..Default::default()
+    }
 }
 
 /// An EDS cluster with the resolver's connect timeout and load-balancer policy. Hash-based

@@ -13,7 +13,9 @@ use envoy_types::pb::envoy::config::endpoint::v3::{
 use envoy_types::pb::google::protobuf::UInt32Value;
 
 use super::Settings;
-use super::names::service_sni;
+use super::cluster::remote_gateway_addresses;
+use super::listener::{remote_datacenters, socket_address};
+use super::names::{gateway_sni, service_sni};
 use crate::model::entries::ServiceResolver;
 use crate::model::{Health, Instance, ServiceKind, Snapshot};
 
@@ -22,10 +24,10 @@ const MAX_WEIGHT: u32 = 128;
 /// The assignments of an ingress gateway: one per cluster of [`super::cluster::ingress_clusters`].
 pub fn ingress_assignments(
     snapshot: &Snapshot,
+    dc: &str,
     services: &[String],
     settings: &Settings,
 ) -> Vec<ClusterLoadAssignment> {
-    let dc = &snapshot.local_datacenter;
     let mut out = Vec::new();
     for service in services {
         let instances: Vec<&Instance> = snapshot
@@ -129,4 +131,43 @@ fn lb_endpoint(instance: &Instance, only_passing: bool) -> LbEndpoint {
         load_balancing_weight: Some(UInt32Value { value: weight }),
         ..Default::default()
     }
+}
+
+/// The assignments of an egress gateway's EDS clusters: each remote datacenter's ingress
+/// gateways at their `wan` addresses (DNS clusters carry theirs inline).
+pub fn egress_assignments(
+    snapshot: &Snapshot,
+    dc: &str,
+    settings: &Settings,
+) -> Vec<ClusterLoadAssignment> {
+    remote_datacenters(snapshot, dc)
+        .into_iter()
+        .filter_map(|remote| {
+            let targets = remote_gateway_addresses(snapshot, remote);
+            if targets
+                .iter()
+                .any(|a| a.address.parse::<std::net::IpAddr>().is_err())
+            {
+                return None;
+            }
+            Some(ClusterLoadAssignment {
+                cluster_name: gateway_sni(remote, &settings.trust_domain),
+                endpoints: vec![LocalityLbEndpoints {
+                    lb_endpoints: targets
+                        .iter()
+                        .map(|t| LbEndpoint {
+                            host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                                address: Some(socket_address(&t.address, t.port)),
+                                ..Default::default()
+                            })),
+                            health_status: HealthStatus::Healthy as i32,
+                            ..Default::default()
+                        })
+                        .collect(),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+        })
+        .collect()
 }

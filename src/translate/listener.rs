@@ -1,0 +1,247 @@
+//! Listeners of the gateways.
+//!
+//! Ingress: one TLS listener with `tls_inspector`; per exported service (and per resolver
+//! subset) one filter chain matched by its SNI that terminates mTLS as that service, applies
+//! its intentions as RBAC (network RBAC for tcp, HTTP RBAC for http/http2/grpc), and proxies to
+//! the service's local cluster. A service that is not exported has no chain: Envoy closes a
+//! connection that matches none.
+//!
+//! Egress: one listener with `tls_inspector`; per other datacenter one chain matched by
+//! `*.<dc>.internal.<trust-domain>` that passes the TLS stream through, untouched, to that
+//! datacenter's ingress gateways. An SNI it does not know matches no chain and is refused.
+
+use envoy_types::pb::envoy::config::core::v3::{
+    Address, SocketAddress, address, socket_address::PortSpecifier,
+};
+use envoy_types::pb::envoy::config::listener::v3::{
+    Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter, filter,
+    listener_filter::ConfigType as ListenerFilterConfig,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    HttpConnectionManager, HttpFilter, Rds,
+    http_connection_manager::{
+        CodecType, ForwardClientCertDetails, PathWithEscapedSlashesAction, RouteSpecifier,
+        SetCurrentClientCertDetails,
+    },
+    http_filter,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
+    TcpProxy, tcp_proxy::ClusterSpecifier,
+};
+use envoy_types::pb::google::protobuf::BoolValue;
+
+use super::gateway::{GatewayRole, bind_address, gateways};
+use super::names::{gateway_sni, service_sni};
+use super::rbac::{Consumers, http_rbac, network_rbac};
+use super::{Settings, ads, any};
+use crate::model::Snapshot;
+use crate::model::entries::Protocol;
+
+pub fn socket_address(address: &str, port: u16) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: address.to_owned(),
+            port_specifier: Some(PortSpecifier::PortValue(u32::from(port))),
+            ..Default::default()
+        })),
+    }
+}
+
+fn tls_inspector() -> ListenerFilter {
+    ListenerFilter {
+        name: "envoy.filters.listener.tls_inspector".into(),
+        config_type: Some(ListenerFilterConfig::TypedConfig(any(
+            &TlsInspector::default(),
+        ))),
+        ..Default::default()
+    }
+}
+
+pub fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Filter {
+    let proxy = TcpProxy {
+        stat_prefix: stat_prefix.to_owned(),
+        cluster_specifier: Some(ClusterSpecifier::Cluster(cluster.to_owned())),
+        ..Default::default()
+    };
+    Filter {
+        name: "envoy.filters.network.tcp_proxy".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(any(&proxy))),
+    }
+}
+
+pub fn router() -> HttpFilter {
+    HttpFilter {
+        name: "envoy.filters.http.router".into(),
+        config_type: Some(http_filter::ConfigType::TypedConfig(
+            any(&Router::default()),
+        )),
+        ..Default::default()
+    }
+}
+
+/// An HTTP connection manager whose routes come by RDS as `route_name`.
+pub fn http_connection_manager(
+    stat_prefix: &str,
+    route_name: &str,
+    mut filters: Vec<HttpFilter>,
+    forward_client_cert: bool,
+) -> Filter {
+    filters.push(router());
+    let mut hcm = HttpConnectionManager {
+        codec_type: CodecType::Auto as i32,
+        stat_prefix: stat_prefix.to_owned(),
+        http_filters: filters,
+        route_specifier: Some(RouteSpecifier::Rds(Rds {
+            config_source: Some(ads()),
+            route_config_name: route_name.to_owned(),
+        })),
+        // Intentions match on the path the service will see.
+        normalize_path: Some(BoolValue { value: true }),
+        merge_slashes: true,
+        path_with_escaped_slashes_action: PathWithEscapedSlashesAction::UnescapeAndRedirect as i32,
+        ..Default::default()
+    };
+    if forward_client_cert {
+        // The caller's identity, as the gateway verified it, and nothing a caller made up.
+        hcm.forward_client_cert_details = ForwardClientCertDetails::SanitizeSet as i32;
+        hcm.set_current_client_cert_details = Some(SetCurrentClientCertDetails {
+            uri: true,
+            ..Default::default()
+        });
+    }
+    Filter {
+        name: "envoy.filters.network.http_connection_manager".into(),
+        config_type: Some(filter::ConfigType::TypedConfig(any(&hcm))),
+    }
+}
+
+/// The chains of one exported service: its SNI and each subset's.
+pub fn ingress_chain_names(snapshot: &Snapshot, service: &str, dc: &str, td: &str) -> Vec<String> {
+    let mut out = vec![service_sni(service, "", dc, td)];
+    if let Some(r) = snapshot.entries.service_resolvers.get(service) {
+        out.extend(
+            r.entry
+                .subsets
+                .keys()
+                .map(|s| service_sni(service, s, dc, td)),
+        );
+    }
+    out
+}
+
+/// The ingress gateway listener of `dc` (none without an ingress gateway or exported service).
+pub fn ingress_listener(
+    snapshot: &Snapshot,
+    dc: &str,
+    services: &[String],
+    settings: &Settings,
+) -> Option<Listener> {
+    let gws = gateways(snapshot, dc, GatewayRole::Ingress);
+    let (address, port) = bind_address(&gws)?;
+    let td = &settings.trust_domain;
+    let mut chains = Vec::new();
+    for service in services {
+        let protocol = snapshot.entries.protocol(service);
+        let consumers = Consumers::exported(&snapshot.entries, service);
+        for sni in ingress_chain_names(snapshot, service, dc, td) {
+            let filters = if protocol.is_l7() {
+                let rbac = http_rbac(
+                    &snapshot.entries,
+                    service,
+                    td,
+                    &consumers,
+                    settings.default_policy,
+                );
+                vec![http_connection_manager(
+                    &format!("ingress.{service}"),
+                    &sni,
+                    vec![rbac],
+                    true,
+                )]
+            } else {
+                vec![
+                    network_rbac(
+                        &snapshot.entries,
+                        service,
+                        td,
+                        &consumers,
+                        settings.default_policy,
+                    ),
+                    tcp_proxy(&format!("ingress.{service}"), &sni),
+                ]
+            };
+            let alpn: &[&str] = match protocol {
+                Protocol::Tcp => &[],
+                Protocol::Http => &["http/1.1"],
+                Protocol::Http2 | Protocol::Grpc => &["h2", "http/1.1"],
+            };
+            chains.push(FilterChain {
+                name: sni.clone(),
+                filter_chain_match: Some(FilterChainMatch {
+                    server_names: vec![sni],
+                    transport_protocol: "tls".into(),
+                    ..Default::default()
+                }),
+                filters,
+                transport_socket: Some(super::tls::downstream(service, alpn)),
+                ..Default::default()
+            });
+        }
+    }
+    if chains.is_empty() {
+        return None;
+    }
+    Some(Listener {
+        name: format!("ingress:{address}:{port}"),
+        address: Some(socket_address(&address, port)),
+        listener_filters: vec![tls_inspector()],
+        filter_chains: chains,
+        ..Default::default()
+    })
+}
+
+/// The datacenters an egress gateway of `dc` routes to: every other one with an ingress
+/// gateway.
+pub fn remote_datacenters<'a>(snapshot: &'a Snapshot, dc: &str) -> Vec<&'a str> {
+    snapshot
+        .datacenters
+        .keys()
+        .map(String::as_str)
+        .filter(|d| *d != dc && !gateways(snapshot, d, GatewayRole::Ingress).is_empty())
+        .collect()
+}
+
+/// The egress gateway listener of `dc`.
+pub fn egress_listener(snapshot: &Snapshot, dc: &str, settings: &Settings) -> Option<Listener> {
+    let gws = gateways(snapshot, dc, GatewayRole::Egress);
+    let (address, port) = bind_address(&gws)?;
+    let td = &settings.trust_domain;
+    let chains: Vec<FilterChain> = remote_datacenters(snapshot, dc)
+        .into_iter()
+        .map(|remote| {
+            let cluster = gateway_sni(remote, td);
+            FilterChain {
+                name: format!("*.{cluster}"),
+                filter_chain_match: Some(FilterChainMatch {
+                    server_names: vec![format!("*.{cluster}")],
+                    transport_protocol: "tls".into(),
+                    ..Default::default()
+                }),
+                filters: vec![tcp_proxy(&format!("egress.{remote}"), &cluster)],
+                ..Default::default()
+            }
+        })
+        .collect();
+    if chains.is_empty() {
+        return None;
+    }
+    Some(Listener {
+        name: format!("egress:{address}:{port}"),
+        address: Some(socket_address(&address, port)),
+        listener_filters: vec![tls_inspector()],
+        filter_chains: chains,
+        ..Default::default()
+    })
+}
