@@ -4,8 +4,11 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Command::Validate(args) = &cli.command {
-        return meshgate::cli::validate(args);
+    // The offline verbs run without logging or a runtime.
+    match &cli.command {
+        Command::Validate(args) => return meshgate::cli::validate(args),
+        Command::Bootstrap(args) => return meshgate::cli::bootstrap(args),
+        Command::Serve(_) => {}
     }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match cli.log_format {
@@ -35,7 +38,9 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => meshgate::cli::serve(*args).await,
-            Command::Validate(_) => unreachable!("handled before the runtime starts"),
+            Command::Validate(_) | Command::Bootstrap(_) => {
+                unreachable!("handled before the runtime starts")
+            }
         }
     });
     match result {

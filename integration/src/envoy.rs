@@ -56,7 +56,6 @@ impl Envoy {
     /// Starts Envoy with an ADS bootstrap pointing at `xds`, node `node_id` in the test group
     /// (role ingress, datacenter dc1), and waits for its admin API.
     pub async fn start(xds: SocketAddr, api: AdsApi, node_id: &str) -> Envoy {
-        let dir = tempfile::tempdir().expect("tempdir");
         let bootstrap = format!(
             r#"
 node:
@@ -92,6 +91,13 @@ static_resources:
             ip = xds.ip(),
             port = xds.port(),
         );
+        Self::start_with_bootstrap(&bootstrap).await
+    }
+
+    /// Starts Envoy with the bootstrap YAML given (its admin address may use port 0: the
+    /// address Envoy binds is read back) and waits for its admin API.
+    pub async fn start_with_bootstrap(bootstrap: &str) -> Envoy {
+        let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("bootstrap.yaml");
         std::fs::write(&cfg, bootstrap).unwrap();
         let admin_file = dir.path().join("admin-address");
@@ -130,6 +136,11 @@ static_resources:
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("envoy admin did not come up:\n{}", envoy.log());
+    }
+
+    /// Envoy's whole log so far.
+    pub fn full_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
     }
 
     /// Envoy's log so far (for failure messages).
@@ -200,6 +211,33 @@ impl Drop for Envoy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Runs `envoy --mode validate -c <bootstrap>`: Ok(output) on exit 0, Err(output) otherwise.
+pub fn validate(bootstrap: &std::path::Path) -> Result<String, String> {
+    let out = Command::new(binary())
+        .args([
+            "--mode",
+            "validate",
+            "--disable-hot-restart",
+            "-l",
+            "warning",
+            "-c",
+        ])
+        .arg(bootstrap)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run envoy --mode validate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!("{}: {text}", out.status))
     }
 }
 
