@@ -6,7 +6,7 @@ ENVOY_BIN     := $(ENVOY_DIR)/envoy/_bin/envoy
 CARGO         ?= cargo
 PYTHON        ?= python3
 
-.PHONY: all build run test envoy bench bench-short lint fmt clean
+.PHONY: all build run test envoy bench bench-short lint fmt clean bootstraps
 
 all: build
 
@@ -32,6 +32,11 @@ test: envoy lint
 	$(CARGO) build --release --workspace --bins
 	ENVOY_BIN=$(CURDIR)/$(ENVOY_BIN) $(CARGO) test --workspace --release
 	./target/release/meshgate-loadgen --short
+
+# Regenerates envoy-bootstrap/*.yaml with the commands listed in envoy-bootstrap/README.md.
+bootstraps: build
+	grep -E '^meshgate bootstrap ' envoy-bootstrap/README.md \
+		| sed 's|^meshgate |./target/release/meshgate |' | sh -e
 
 bench:
 	$(CARGO) build --release --workspace --bins

@@ -1,4 +1,4 @@
-//! The command line: `meshgate serve` (more verbs come with the sources and translation).
+//! The command line: `meshgate serve`, `meshgate validate DIR`, `meshgate bootstrap`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -7,11 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::admin::{self, AdminState};
+use crate::bootstrap;
 use crate::ca::{CaConfig, CertManager};
 use crate::metrics::Metrics;
 use crate::model::Snapshot;
@@ -21,7 +23,7 @@ use crate::source::dir::DirSource;
 use crate::source::from_consul::ConsulConfig;
 use crate::translate::{Settings, Translator};
 use crate::xds::stream::StreamRegistry;
-use crate::xds::{Debounce, Store, TlsFiles, XdsServer};
+use crate::xds::{Debounce, Role, Store, TlsFiles, XdsServer};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -58,6 +60,9 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Intentions (like `consul intention`).
     Intention(IntentionArgs),
+    /// Print an Envoy bootstrap (YAML) that connects to meshgate by delta ADS (like
+    /// `consul connect envoy -bootstrap`).
+    Bootstrap(BootstrapArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -99,6 +104,85 @@ pub struct IntentionCheckArgs {
     /// What happens when no intention matches: allow or deny.
     #[arg(long, default_value = "deny", value_parser = parse_default_policy)]
     pub default_intention_policy: DefaultPolicy,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BootstrapArgs {
+    /// The Envoy's role.
+    #[arg(long, value_parser = PossibleValuesParser::new(["ingress", "egress", "sidecar"])
+        .map(|r| Role::parse(&r).expect("a possible value")))]
+    pub role: Role,
+    /// The Envoy's datacenter (node.metadata.datacenter).
+    #[arg(long)]
+    pub datacenter: String,
+    /// The service a sidecar belongs to (required with --role sidecar).
+    #[arg(long)]
+    pub service: Option<String>,
+    /// node.id: names the Envoy in meshgate's logs, metrics and /debug/streams.
+    #[arg(long)]
+    pub node_id: String,
+    /// meshgate's xDS address, HOST:PORT (an IP, or a DNS name resolved by Envoy).
+    #[arg(long)]
+    pub xds_addr: String,
+    /// Envoy's admin listener, IP:PORT.
+    #[arg(long, default_value = bootstrap::DEFAULT_ADMIN_ADDR)]
+    pub admin_addr: String,
+    /// Where the gateway listens (informational: recorded as node.metadata.listen_addr; the
+    /// listener itself comes from meshgate over LDS).
+    #[arg(long)]
+    pub listen_addr: Option<String>,
+    /// node.cluster (default: the service for sidecars, else `<role>-gateway`).
+    #[arg(long)]
+    pub cluster: Option<String>,
+    /// PEM CA bundle that signed meshgate's xDS certificate: connect to meshgate over TLS.
+    #[arg(long, value_hint = clap::ValueHint::FilePath)]
+    pub xds_tls_ca: Option<String>,
+    /// PEM client certificate presented to meshgate (for --xds-tls-client-ca).
+    #[arg(long, requires_all = ["xds_tls_key", "xds_tls_ca"], value_hint = clap::ValueHint::FilePath)]
+    pub xds_tls_cert: Option<String>,
+    /// PEM private key of --xds-tls-cert.
+    #[arg(long, requires = "xds_tls_cert", value_hint = clap::ValueHint::FilePath)]
+    pub xds_tls_key: Option<String>,
+}
+
+impl BootstrapArgs {
+    /// The flags as [`bootstrap::Options`].
+    pub fn options(&self) -> bootstrap::Options {
+        bootstrap::Options {
+            role: self.role,
+            datacenter: self.datacenter.clone(),
+            service: self.service.clone(),
+            node_id: self.node_id.clone(),
+            xds_addr: self.xds_addr.clone(),
+            admin_addr: Some(self.admin_addr.clone()),
+            listen_addr: self.listen_addr.clone(),
+            cluster: self.cluster.clone(),
+            tls: self.xds_tls_ca.as_ref().map(|ca| bootstrap::XdsTls {
+                ca: ca.clone(),
+                client: match (&self.xds_tls_cert, &self.xds_tls_key) {
+                    (Some(cert), Some(key)) => Some(bootstrap::ClientCert {
+                        cert: cert.clone(),
+                        key: key.clone(),
+                    }),
+                    _ => None,
+                },
+            }),
+        }
+    }
+}
+
+/// Runs `meshgate bootstrap`: the YAML on stdout and exit 0, or the error and exit 2.
+pub fn bootstrap(args: &BootstrapArgs) -> std::process::ExitCode {
+    match bootstrap::render(&args.options()) {
+        Ok(yaml) => {
+            print!("{yaml}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("meshgate bootstrap: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
 }
 
 #[derive(Debug, Clone, Args)]

@@ -5,6 +5,7 @@
 //! ([`xds::XdsServer`]).
 
 pub mod admin;
+pub mod bootstrap;
 pub mod ca;
 pub mod cli;
 pub mod metrics;

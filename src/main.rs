@@ -4,11 +4,12 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Command::Validate(args) = &cli.command {
-        return meshgate::cli::validate(args);
-    }
-    if let Command::Intention(args) = &cli.command {
-        return meshgate::cli::intention(args);
+    // The offline verbs run without logging (intention check starts its own runtime).
+    match &cli.command {
+        Command::Validate(args) => return meshgate::cli::validate(args),
+        Command::Bootstrap(args) => return meshgate::cli::bootstrap(args),
+        Command::Intention(args) => return meshgate::cli::intention(args),
+        Command::Serve(_) => {}
     }
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     match cli.log_format {
@@ -38,7 +39,7 @@ fn main() -> std::process::ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve(args) => meshgate::cli::serve(*args).await,
-            Command::Validate(_) | Command::Intention(_) => {
+            Command::Validate(_) | Command::Intention(_) | Command::Bootstrap(_) => {
                 unreachable!("handled before the runtime starts")
             }
         }

@@ -72,7 +72,6 @@ impl Envoy {
         node_id: &str,
         metadata: &[(&str, &str)],
     ) -> Envoy {
-        let dir = tempfile::tempdir().expect("tempdir");
         let metadata: Vec<String> = metadata.iter().map(|(k, v)| format!("{k}: {v}")).collect();
         let metadata = metadata.join(", ");
         let bootstrap = format!(
@@ -110,6 +109,13 @@ static_resources:
             ip = xds.ip(),
             port = xds.port(),
         );
+        Self::start_with_bootstrap(&bootstrap).await
+    }
+
+    /// Starts Envoy with the bootstrap YAML given (its admin address may use port 0: the
+    /// address Envoy binds is read back) and waits for its admin API.
+    pub async fn start_with_bootstrap(bootstrap: &str) -> Envoy {
+        let dir = tempfile::tempdir().expect("tempdir");
         let cfg = dir.path().join("bootstrap.yaml");
         std::fs::write(&cfg, bootstrap).unwrap();
         let admin_file = dir.path().join("admin-address");
@@ -148,6 +154,11 @@ static_resources:
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("envoy admin did not come up:\n{}", envoy.log());
+    }
+
+    /// Envoy's whole log so far.
+    pub fn full_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("envoy.log")).unwrap_or_default()
     }
 
     /// Envoy's log so far (for failure messages).
@@ -218,6 +229,33 @@ impl Drop for Envoy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Runs `envoy --mode validate -c <bootstrap>`: Ok(output) on exit 0, Err(output) otherwise.
+pub fn validate(bootstrap: &std::path::Path) -> Result<String, String> {
+    let out = Command::new(binary())
+        .args([
+            "--mode",
+            "validate",
+            "--disable-hot-restart",
+            "-l",
+            "warning",
+            "-c",
+        ])
+        .arg(bootstrap)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run envoy --mode validate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!("{}: {text}", out.status))
     }
 }
 
