@@ -259,6 +259,10 @@ async fn main() {
         .count();
     let _ = stop_tx.send(());
 
+    // 4. Translation: 10,000 services x 10 instances (100,000 endpoints), all exported, one
+    // ingress group; then the same after one instance's health changed.
+    let (translate_full_s, translate_change_s, resources, changed) = translation(10_000, 10);
+
     let commit = integration::git_commit();
     println!(
         "sources: {} services x {} instances, {} config entries, commit {commit}",
@@ -286,6 +290,17 @@ async fn main() {
         "    + one rescan per 30 s (the default):        {:>8.2} % of a core",
         digest_s / 30.0 * 100.0
     );
+    println!(
+        "  translation: 10000 services x 10 instances, all exported, one ingress group ({resources} resources)"
+    );
+    println!(
+        "    full translation + encoding into the store:  {:>8.1} ms",
+        translate_full_s * 1e3
+    );
+    println!(
+        "    after one health change (whole group again):  {:>8.1} ms, {changed} resource(s) changed",
+        translate_change_s * 1e3
+    );
     println!("  consul (test double):");
     println!(
         "    first sync to a snapshot:                   {:>8.1} ms",
@@ -306,6 +321,8 @@ async fn main() {
         "commit": commit,
         "workload": {"services": args.services, "instances": args.instances, "entries": args.entries, "files": files},
         "directory": {"read_ms": read_s * 1e3, "rescan_digest_ms": digest_s * 1e3, "idle_cpu_percent": dir_idle * 100.0, "rescan_cpu_percent_at_30s": digest_s / 30.0 * 100.0},
+        "translation": {"services": 10_000, "endpoints": 100_000, "resources": resources,
+                        "full_ms": translate_full_s * 1e3, "one_change_ms": translate_change_s * 1e3, "changed_resources": changed},
         "consul": {"first_sync_ms": first_sync_s * 1e3, "health_change_ms": change_s * 1e3,
                    "health_requests_changed_service": own_health, "health_requests_other_services": other_health,
                    "idle_cpu_percent": consul_idle * 100.0},
@@ -317,4 +334,105 @@ async fn main() {
         serde_json::to_string_pretty(&out).unwrap(),
     )
     .unwrap();
+}
+
+/// Times translating (and encoding into a store) one ingress group of `services` exported
+/// services, then again after one instance turned critical. Returns (full s, change s,
+/// resources, resources changed by the second publish).
+fn translation(services: usize, instances: usize) -> (f64, f64, usize, usize) {
+    use meshgate::model::{Check, Health, Instance, Node, ServiceKind, SnapshotBuilder, Weights};
+    use meshgate::translate::{Settings, translate};
+    use meshgate::xds::{Debounce, GroupKey, ResourceType, Role, Store};
+    let build = |critical: bool| {
+        let mut files: Vec<(String, String)> = vec![(
+            "exports.json".into(),
+            serde_json::to_string(&json!({"Kind": "exported-services", "Name": "default",
+                "Services": (0..services).map(|s| json!({"Name": format!("svc-{s:05}"), "Consumers": [{"Peer": "dc2"}]})).collect::<Vec<_>>()}))
+            .unwrap(),
+        )];
+        files.push((
+            "gw.yaml".into(),
+            "Node: gw\nAddress: 10.0.0.1\nService: {Kind: mesh-gateway, Service: mesh-gateway, Port: 8443, Meta: {meshgate-role: ingress}}\n".into(),
+        ));
+        let refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(a, b)| (a.as_str(), b.as_str()))
+            .collect();
+        let loaded = meshgate::source::dir::load_files(&refs, "dc1", 1);
+        assert!(!loaded.has_errors(), "{:?}", loaded.problems.first());
+        let mut b = SnapshotBuilder::new("dc1");
+        *b.entries() = loaded.snapshot.entries.clone();
+        for gw in loaded.snapshot.instances("dc1", "mesh-gateway") {
+            b.add_instance(gw.clone());
+        }
+        for s in 0..services {
+            for i in 0..instances {
+                let node = std::sync::Arc::new(Node {
+                    name: format!("n{s}-{i}"),
+                    address: format!("10.{}.{}.{}", s / 250 % 250, s % 250, i + 1),
+                    datacenter: "dc1".into(),
+                    ..Default::default()
+                });
+                let status = if critical && s == 7 && i == 3 {
+                    Health::Critical
+                } else {
+                    Health::Passing
+                };
+                b.add_instance(Instance {
+                    node,
+                    id: format!("svc-{s:05}-{i}"),
+                    service: format!("svc-{s:05}"),
+                    kind: ServiceKind::Typical,
+                    address: String::new(),
+                    port: 8080,
+                    tagged_addresses: Default::default(),
+                    tags: Vec::new(),
+                    meta: Default::default(),
+                    weights: Weights::default(),
+                    checks: vec![Check {
+                        id: "alive".into(),
+                        name: String::new(),
+                        status,
+                        service_id: format!("svc-{s:05}-{i}"),
+                    }],
+                    proxy: None,
+                });
+            }
+        }
+        b.build(1)
+    };
+    let settings = Settings {
+        trust_domain: "bench.consul".into(),
+        default_policy: meshgate::model::intentions::DefaultPolicy::Deny,
+    };
+    let group = GroupKey::new(Role::Ingress, "dc1", None);
+    let store = Store::new(Debounce::NONE, Arc::new(Metrics::new()));
+    let (before, after) = (build(false), build(true));
+    let started = Instant::now();
+    store
+        .publish(&group, translate(&before, &group, &settings))
+        .unwrap();
+    let full = started.elapsed().as_secs_f64();
+    let state = store.current(&group).unwrap();
+    let resources: usize = ResourceType::ADD_ORDER
+        .iter()
+        .map(|t| state.set(*t).len())
+        .sum();
+    let generation = state.generation;
+    let started = Instant::now();
+    store
+        .publish(&group, translate(&after, &group, &settings))
+        .unwrap();
+    let change = started.elapsed().as_secs_f64();
+    let state = store.current(&group).unwrap();
+    let changed = state
+        .changed_since(ResourceType::Endpoint, generation)
+        .map_or(0, |c| c.count())
+        + state
+            .changed_since(ResourceType::Cluster, generation)
+            .map_or(0, |c| c.count())
+        + state
+            .changed_since(ResourceType::Listener, generation)
+            .map_or(0, |c| c.count());
+    (full, change, resources, changed)
 }
