@@ -16,6 +16,9 @@ pub mod secret;
 pub mod sidecar;
 pub mod tls;
 
+#[cfg(test)]
+mod tests;
+
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::{

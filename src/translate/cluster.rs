@@ -151,7 +151,7 @@ fn apply_upstream_settings(cluster: &mut Cluster, settings: &UpstreamSettings) {
 }
 
 /// Speaks HTTP/2 to the upstream.
-fn http2(cluster: &mut Cluster) {
+pub fn http2(cluster: &mut Cluster) {
     let options = HttpProtocolOptions {
         upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
             ExplicitHttpConfig {
@@ -236,15 +236,30 @@ pub fn eds(name: String) -> Cluster {
     }
 }
 
+/// The connect timeout of `service`'s resolver, else Consul's default.
+pub fn connect_timeout(snapshot: &Snapshot, service: &str) -> Duration {
+    connect_timeout_of(
+        snapshot
+            .entries
+            .service_resolvers
+            .get(service)
+            .map(|r| &*r.entry),
+    )
+}
+
+fn connect_timeout_of(resolver: Option<&ServiceResolver>) -> Duration {
+    resolver
+        .and_then(|r| r.connect_timeout)
+        .map(|d| d.get())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT)
+}
+
 /// An EDS cluster with the resolver's connect timeout and load-balancer policy. Hash-based
 /// policies (ring_hash, maglev) need a hash from L7 and are applied only where routes see
 /// requests; here they leave Envoy's default, as Consul's mesh gateway does.
 fn eds_cluster(name: String, resolver: Option<&ServiceResolver>) -> Cluster {
-    let connect_timeout = resolver
-        .and_then(|r| r.connect_timeout)
-        .map(|d| d.get())
-        .filter(|d| !d.is_zero())
-        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let connect_timeout = connect_timeout_of(resolver);
     let mut cluster = Cluster {
         name,
         connect_timeout: Some(pb_duration(connect_timeout)),

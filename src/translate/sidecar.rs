@@ -26,7 +26,7 @@ use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener};
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::clusters::aggregate::v3::ClusterConfig as AggregateConfig;
 
-use super::cluster::{DEFAULT_CONNECT_TIMEOUT, eds, pb_duration};
+use super::cluster::{connect_timeout, eds, http2, pb_duration};
 use super::endpoint::health_and_weight;
 use super::gateway::{GatewayRole, gateways};
 use super::listener::{http_connection_manager, socket_address, tcp_proxy};
@@ -276,7 +276,11 @@ pub fn sidecar(
             };
             for (name, t) in &members {
                 let mut cluster = eds(name.clone());
-                cluster.connect_timeout = Some(pb_duration(DEFAULT_CONNECT_TIMEOUT));
+                cluster.connect_timeout = Some(pb_duration(connect_timeout(snapshot, &t.service)));
+                // The ALPN offers h2: the cluster must then speak it.
+                if matches!(protocol, Protocol::Http2 | Protocol::Grpc) {
+                    http2(&mut cluster);
+                }
                 cluster.transport_socket = Some(super::tls::upstream(
                     service,
                     &t.sni(td),
@@ -311,7 +315,7 @@ pub fn sidecar(
             if members.len() > 1 {
                 out.clusters.push(Cluster {
                     name: top.clone(),
-                    connect_timeout: Some(pb_duration(DEFAULT_CONNECT_TIMEOUT)),
+                    connect_timeout: Some(pb_duration(connect_timeout(snapshot, &primary.service))),
                     lb_policy: LbPolicy::ClusterProvided as i32,
                     cluster_discovery_type: Some(ClusterDiscoveryType::ClusterType(
                         CustomClusterType {

@@ -56,7 +56,7 @@ pub fn canonical_form(debug: &str) -> String {
 }
 
 /// Decodes the payload of an `Any` of a known type into its `Debug` rendering.
-fn decode_any(type_url: &str, bytes: &[u8]) -> Option<String> {
+pub(crate) fn decode_any(type_url: &str, bytes: &[u8]) -> Option<String> {
     macro_rules! known {
         ($($t:ty),* $(,)?) => {
             $(if type_url == <$t>::type_url() {
@@ -146,7 +146,8 @@ impl Parser<'_> {
         let from = self.i;
         while self.i < self.s.len() {
             let c = self.s[self.i];
-            if c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-' | b'+') {
+            // `#`: raw identifiers such as `r#match` (RouteConfiguration) name fields.
+            if c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-' | b'+' | b'#') {
                 self.i += 1;
             } else {
                 break;
@@ -321,6 +322,27 @@ mod tests {
         // chance that two random orders of 32 keys agree is 1/32!), their versions must not.
         assert_ne!(format!("{a:?}"), format!("{b:?}"));
         assert_eq!(version_of(&a), version_of(&b));
+    }
+
+    /// A route's `r#match` field must not make the parse fail (and fall back to the raw,
+    /// map-order-dependent rendering).
+    #[test]
+    fn raw_identifier_fields_parse() {
+        use envoy_types::pb::envoy::config::route::v3::{Route, RouteMatch, VirtualHost};
+        let route = RouteConfiguration {
+            name: "r".into(),
+            virtual_hosts: vec![VirtualHost {
+                routes: vec![Route {
+                    r#match: Some(RouteMatch::default()),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let debug = format!("{route:?}");
+        assert!(debug.contains("r#match"), "{debug}");
+        assert_ne!(canonical_form(&debug), debug, "the parse fell back");
     }
 
     #[test]

@@ -217,6 +217,11 @@ impl Update {
         self.types.push((ty, update));
         self
     }
+
+    /// The per-type updates, in the order they were added (to inspect a translation).
+    pub fn types(&self) -> &[(ResourceType, TypeUpdate)] {
+        &self.types
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -1,0 +1,1221 @@
+//! Golden files of the translation, one per feature: a small mesh written as operators write
+//! it (catalog registrations and config entries in Consul's formats), translated for one
+//! group, and rendered readably — typed configs (`Any`) decoded in place, maps sorted, fields
+//! left at their proto default omitted, secrets by name only. Before the rendering, the
+//! resources are checked against each other as Envoy needs them: every cluster a filter or a
+//! route names exists, every EDS cluster has its assignment, every RDS name its route
+//! configuration, every SDS name a secret the group is served.
+//!
+//! A changed golden must be read against Consul's conventions and Envoy's expectations
+//! before it is accepted (`INSTA_UPDATE=always cargo test ... translate`, then read the
+//! `.snap` files, or `cargo insta review`).
+
+use std::collections::BTreeSet;
+
+use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
+
+use super::*;
+use crate::ca::{CaConfig, CertManager};
+use crate::model::intentions::DefaultPolicy;
+use crate::xds::canonical::decode_any;
+use crate::xds::{GroupKey, ResourceType, Role, TypeUpdate};
+
+const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
+
+fn settings() -> Settings {
+    Settings {
+        trust_domain: TD.to_owned(),
+        default_policy: DefaultPolicy::Deny,
+    }
+}
+
+fn mesh(files: &[(&str, &str)]) -> Snapshot {
+    let loaded = crate::source::dir::load_files(files, "dc1", 1);
+    let errors: Vec<String> = loaded.errors().map(|p| p.to_string()).collect();
+    assert!(errors.is_empty(), "the fixture has errors: {errors:#?}");
+    loaded.snapshot
+}
+
+// ---- the gateways ------------------------------------------------------------------------
+
+const DC1_INGRESS: &str = r#"
+Datacenter: dc1
+Node: dc1-gw-1
+Address: 10.1.0.10
+Service:
+  Kind: mesh-gateway
+  ID: dc1-ingress
+  Service: mesh-gateway
+  Port: 8443
+  TaggedAddresses:
+    lan: {Address: 10.1.0.10, Port: 8443}
+    wan: {Address: 198.18.1.10, Port: 443}
+  Meta: {meshgate-role: ingress}
+Checks:
+  - {CheckID: serfHealth, Name: Serf Health Status, Status: passing}
+"#;
+
+const DC1_EGRESS: &str = r#"
+Datacenter: dc1
+Node: dc1-gw-1
+Address: 10.1.0.10
+Service:
+  Kind: mesh-gateway
+  ID: dc1-egress
+  Service: mesh-gateway-egress
+  Port: 8444
+  Meta: {meshgate-role: egress}
+Checks:
+  - {CheckID: serfHealth, Name: Serf Health Status, Status: passing}
+"#;
+
+const DC2_INGRESS: &str = r#"
+Datacenter: dc2
+Node: dc2-gw-1
+Address: 10.2.0.10
+Service:
+  Kind: mesh-gateway
+  ID: dc2-ingress
+  Service: mesh-gateway
+  Port: 8443
+  TaggedAddresses:
+    wan: {Address: 198.18.2.10, Port: 443}
+  Meta: {meshgate-role: ingress}
+Checks:
+  - {CheckID: serfHealth, Name: Serf Health Status, Status: passing}
+---
+Datacenter: dc2
+Node: dc2-gw-2
+Address: 10.2.0.11
+Service:
+  Kind: mesh-gateway
+  ID: dc2-ingress-2
+  Service: mesh-gateway
+  Port: 8443
+  TaggedAddresses:
+    wan: {Address: 198.18.2.11, Port: 443}
+  Meta: {meshgate-role: ingress}
+Checks:
+  - {CheckID: serfHealth, Name: Serf Health Status, Status: passing}
+"#;
+
+/// dc3's gateway is reached by a host name (a cloud load balancer in front of it).
+const DC3_INGRESS_HOSTNAME: &str = r#"
+Datacenter: dc3
+Node: dc3-gw-1
+Address: 10.3.0.10
+Service:
+  Kind: mesh-gateway
+  ID: dc3-ingress
+  Service: mesh-gateway
+  Port: 8443
+  TaggedAddresses:
+    wan: {Address: gw.dc3.example.com, Port: 443}
+  Meta: {meshgate-role: ingress}
+Checks:
+  - {CheckID: serfHealth, Name: Serf Health Status, Status: passing}
+"#;
+
+// ---- rendering ---------------------------------------------------------------------------
+
+/// A value of a prost `Debug` rendering.
+#[derive(Debug, Clone)]
+enum Node {
+    /// A number, a bool, an enum variant, `None`, or a struct without fields.
+    Word(String),
+    /// A string literal, quotes and escapes kept.
+    Str(String),
+    Seq(Vec<Node>),
+    Tuple(String, Vec<Node>),
+    Struct(String, Vec<(String, Node)>),
+    Map(Vec<(Node, Node)>),
+}
+
+struct Parser<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl Parser<'_> {
+    fn peek(&mut self) -> u8 {
+        while self.s[self.i].is_ascii_whitespace() {
+            self.i += 1;
+        }
+        self.s[self.i]
+    }
+
+    fn eat(&mut self, c: u8) -> bool {
+        let yes = self.peek() == c;
+        if yes {
+            self.i += 1;
+        }
+        yes
+    }
+
+    fn word(&mut self) -> String {
+        self.peek();
+        let from = self.i;
+        while self.s[self.i].is_ascii_alphanumeric() || b"_.-+#".contains(&self.s[self.i]) {
+            self.i += 1;
+        }
+        assert!(self.i > from, "unexpected {:?}", self.s[self.i] as char);
+        String::from_utf8_lossy(&self.s[from..self.i]).into_owned()
+    }
+
+    /// Items up to `close`, comma-separated.
+    fn items<T>(&mut self, close: u8, mut item: impl FnMut(&mut Self) -> T) -> Vec<T> {
+        let mut out = Vec::new();
+        while !self.eat(close) {
+            if !out.is_empty() {
+                assert!(self.eat(b','), "expected ','");
+                if self.eat(close) {
+                    break;
+                }
+            }
+            out.push(item(self));
+        }
+        out
+    }
+
+    fn value(&mut self) -> Node {
+        match self.peek() {
+            b'"' => {
+                let from = self.i;
+                self.i += 1;
+                while self.s[self.i] != b'"' {
+                    self.i += if self.s[self.i] == b'\\' { 2 } else { 1 };
+                }
+                self.i += 1;
+                Node::Str(String::from_utf8_lossy(&self.s[from..self.i]).into_owned())
+            }
+            b'[' => {
+                self.i += 1;
+                Node::Seq(self.items(b']', Self::value))
+            }
+            b'{' => {
+                self.i += 1;
+                Node::Map(self.items(b'}', |p| {
+                    let k = p.value();
+                    assert!(p.eat(b':'), "expected ':'");
+                    (k, p.value())
+                }))
+            }
+            _ => {
+                let word = self.word();
+                if self.i < self.s.len() && self.eat(b'{') {
+                    let fields = self.items(b'}', |p| {
+                        let f = p.word();
+                        assert!(
+                            p.eat(b':'),
+                            "expected ':' after {f} at {:?}",
+                            String::from_utf8_lossy(&p.s[p.i.saturating_sub(80)..p.i + 20])
+                        );
+                        (f, p.value())
+                    });
+                    Node::Struct(word, fields)
+                } else if self.i < self.s.len() && self.eat(b'(') {
+                    Node::Tuple(word, self.items(b')', Self::value))
+                } else {
+                    Node::Word(word)
+                }
+            }
+        }
+    }
+}
+
+fn parse(debug: &str) -> Node {
+    // A trailing space lets the parser peek past the last token.
+    let text = format!("{debug} ");
+    let mut p = Parser {
+        s: text.as_bytes(),
+        i: 0,
+    };
+    simplify(p.value())
+}
+
+/// Decodes `Any` payloads, drops `Some(..)` and fields at their proto default.
+fn simplify(node: Node) -> Node {
+    match node {
+        Node::Tuple(name, mut items) if name == "Some" && items.len() == 1 => {
+            simplify(items.remove(0))
+        }
+        Node::Tuple(name, items) => Node::Tuple(name, items.into_iter().map(simplify).collect()),
+        Node::Seq(items) => Node::Seq(items.into_iter().map(simplify).collect()),
+        Node::Map(entries) => {
+            let mut entries: Vec<(Node, Node)> = entries
+                .into_iter()
+                .map(|(k, v)| (simplify(k), simplify(v)))
+                .collect();
+            entries.sort_by_key(|(k, _)| render(k, 0));
+            Node::Map(entries)
+        }
+        Node::Struct(name, fields) if name == "Any" => {
+            let field = |n: &str| fields.iter().find(|(f, _)| f == n).map(|(_, v)| v);
+            let Some(Node::Str(url)) = field("type_url") else {
+                panic!("an Any without type_url");
+            };
+            let url = url.trim_matches('"').to_owned();
+            let bytes: Vec<u8> = match field("value") {
+                Some(Node::Seq(b)) => b
+                    .iter()
+                    .map(|b| match b {
+                        Node::Word(w) => w.parse().unwrap(),
+                        _ => panic!("not a byte"),
+                    })
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let decoded =
+                decode_any(&url, &bytes).unwrap_or_else(|| panic!("an Any of unknown type {url}"));
+            Node::Struct(
+                name,
+                vec![
+                    ("type_url".into(), Node::Str(format!("{url:?}"))),
+                    ("value".into(), parse(&decoded)),
+                ],
+            )
+        }
+        Node::Struct(name, fields) => Node::Struct(
+            name,
+            fields
+                .into_iter()
+                .map(|(f, v)| (f, simplify(v)))
+                .filter(|(f, v)| !is_default(f, v))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// Enum fields at their proto default (value 0), as prost names them.
+const DEFAULT_ENUMS: &[(&str, &str)] = &[
+    ("cluster_not_found_response_code", "ServiceUnavailable"),
+    ("codec_type", "Auto"),
+    ("dns_lookup_family", "Auto"),
+    ("drain_type", "Default"),
+    ("enforcement_type", "OneTimeOnFirstByte"),
+    ("format", "Text"),
+    ("forward_client_cert_details", "Sanitize"),
+    ("internal_redirect_action", "PassThroughInternalRedirect"),
+    ("lb_policy", "RoundRobin"),
+    ("ocsp_staple_policy", "LenientStapling"),
+    ("priority", "Default"),
+    ("protocol", "Tcp"),
+    ("protocol_selection", "UseConfiguredProtocol"),
+    ("proxy_protocol_tlv_merge_policy", "AddIfAbsent"),
+    ("server_header_transformation", "Overwrite"),
+    ("source_type", "Any"),
+    ("tls_maximum_protocol_version", "TlsAuto"),
+    ("tls_minimum_protocol_version", "TlsAuto"),
+    ("traffic_direction", "Unspecified"),
+    ("trust_chain_verification", "VerifyTrustChain"),
+    ("upstream_connect_mode", "Immediate"),
+];
+
+/// A field prost renders but Envoy's own config dumps leave out. Wrapper types
+/// (`BoolValue { value: false }`) keep their `value`: there presence is the point.
+fn is_default(field: &str, v: &Node) -> bool {
+    match v {
+        Node::Word(w) => {
+            w == "None"
+                || (field != "value" && (w == "0" || w == "false"))
+                || DEFAULT_ENUMS.contains(&(field, w.as_str()))
+        }
+        Node::Str(s) => s == "\"\"",
+        Node::Seq(items) => items.is_empty(),
+        Node::Map(entries) => entries.is_empty(),
+        _ => false,
+    }
+}
+
+/// `{:#?}`-like, with short values kept on one line.
+fn render(node: &Node, indent: usize) -> String {
+    let pad = "    ".repeat(indent + 1);
+    let end = "    ".repeat(indent);
+    let block = |open: &str, close: &str, items: Vec<String>| {
+        let one_line = items.join(", ");
+        if items.iter().all(|i| !i.contains('\n')) && one_line.len() + open.len() <= 90 {
+            let inner = if open.ends_with('{') {
+                format!(" {one_line} ")
+            } else {
+                one_line
+            };
+            format!("{open}{inner}{close}")
+        } else {
+            let mut out = format!("{open}\n");
+            for i in items {
+                out.push_str(&format!("{pad}{i},\n"));
+            }
+            out.push_str(&format!("{end}{close}"));
+            out
+        }
+    };
+    match node {
+        Node::Word(w) | Node::Str(w) => w.clone(),
+        Node::Seq(items) if items.is_empty() => "[]".into(),
+        Node::Seq(items) => block(
+            "[",
+            "]",
+            items.iter().map(|i| render(i, indent + 1)).collect(),
+        ),
+        Node::Tuple(name, items) => block(
+            &format!("{name}("),
+            ")",
+            items.iter().map(|i| render(i, indent + 1)).collect(),
+        ),
+        Node::Struct(name, fields) if fields.is_empty() => name.clone(),
+        Node::Struct(name, fields) => block(
+            &format!("{name} {{"),
+            "}",
+            fields
+                .iter()
+                .map(|(f, v)| format!("{f}: {}", render(v, indent + 1)))
+                .collect(),
+        ),
+        Node::Map(entries) => block(
+            "{",
+            "}",
+            entries
+                .iter()
+                .map(|(k, v)| format!("{}: {}", render(k, indent + 1), render(v, indent + 1)))
+                .collect(),
+        ),
+    }
+}
+
+/// The string values of every `field` of every `Name` struct in the tree (`Name.field`).
+fn collect(node: &Node, name: &str, field: &str, out: &mut BTreeSet<String>) {
+    fn strings(v: &Node, out: &mut BTreeSet<String>) {
+        match v {
+            Node::Str(s) => {
+                out.insert(s.trim_matches('"').to_owned());
+            }
+            Node::Seq(items) | Node::Tuple(_, items) => items.iter().for_each(|i| {
+                if let Node::Str(s) = i {
+                    out.insert(s.trim_matches('"').to_owned());
+                }
+            }),
+            _ => {}
+        }
+    }
+    match node {
+        Node::Struct(n, fields) => {
+            for (f, v) in fields {
+                if n == name && f == field {
+                    strings(v, out);
+                }
+                collect(v, name, field, out);
+            }
+        }
+        Node::Seq(items) | Node::Tuple(_, items) => {
+            items.iter().for_each(|i| collect(i, name, field, out))
+        }
+        Node::Map(entries) => entries
+            .iter()
+            .for_each(|(_, v)| collect(v, name, field, out)),
+        _ => {}
+    }
+}
+
+/// The names of the secrets the group is served (their content is never rendered).
+fn secret_names(snapshot: &Snapshot, group: &GroupKey) -> Vec<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _entered = runtime.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = CaConfig::new(TD);
+    config.state_dir = dir.path().to_path_buf();
+    let manager = CertManager::builtin(config).unwrap();
+    let wanted = wanted_leaves(snapshot, group);
+    let certs = manager.ensure(&wanted);
+    secrets(group, &wanted, &certs)
+        .into_iter()
+        .map(|s| s.name)
+        .collect()
+}
+
+const TYPES: [ResourceType; 4] = [
+    ResourceType::Cluster,
+    ResourceType::Endpoint,
+    ResourceType::Listener,
+    ResourceType::Route,
+];
+
+/// Translates `snapshot` for `group`, checks the references between the resources, and
+/// renders the resources of the types in `show` (and the secrets' names).
+fn golden(snapshot: &Snapshot, group: &GroupKey, show: &[ResourceType]) -> String {
+    let update = translate(snapshot, group, &settings());
+    let mut resources: Vec<(ResourceType, String, Node)> = Vec::new();
+    for (ty, u) in update.types() {
+        let TypeUpdate::Replace(entries) = u else {
+            panic!("translate patches {ty}");
+        };
+        for e in entries {
+            let any = Any::decode(e.sotw.clone()).unwrap();
+            assert_eq!(any.type_url, ty.type_url());
+            let debug = decode_any(&any.type_url, &any.value).unwrap();
+            resources.push((*ty, e.name.to_string(), parse(&debug)));
+        }
+    }
+    let secrets = secret_names(snapshot, group);
+
+    // The references Envoy resolves.
+    let names = |t: ResourceType| -> BTreeSet<String> {
+        resources
+            .iter()
+            .filter(|(ty, ..)| *ty == t)
+            .map(|(_, n, _)| n.clone())
+            .collect()
+    };
+    let refs = |name: &str, field: &str| {
+        let mut out = BTreeSet::new();
+        for (_, _, n) in &resources {
+            collect(n, name, field, &mut out);
+        }
+        out
+    };
+    let clusters = names(ResourceType::Cluster);
+    let mut named_clusters = refs("TcpProxy", "cluster_specifier");
+    named_clusters.extend(refs("RouteAction", "cluster_specifier"));
+    named_clusters.extend(refs("ClusterConfig", "clusters"));
+    assert!(
+        named_clusters.is_subset(&clusters),
+        "clusters named but not defined: {:?}",
+        named_clusters.difference(&clusters).collect::<Vec<_>>()
+    );
+    let eds: BTreeSet<String> = resources
+        .iter()
+        .filter(|(ty, _, n)| {
+            *ty == ResourceType::Cluster
+                && render(n, 0).contains("cluster_discovery_type: Type(Eds)")
+        })
+        .map(|(_, name, _)| name.clone())
+        .collect();
+    assert_eq!(
+        eds,
+        names(ResourceType::Endpoint),
+        "EDS clusters and assignments differ"
+    );
+    assert_eq!(
+        refs("Rds", "route_config_name"),
+        names(ResourceType::Route),
+        "RDS names and route configurations differ"
+    );
+    let sds = refs("SdsSecretConfig", "name");
+    let served: BTreeSet<String> = secrets.iter().cloned().collect();
+    assert!(
+        sds.is_subset(&served),
+        "secrets named but not served: {:?}",
+        sds.difference(&served).collect::<Vec<_>>()
+    );
+
+    let mut out = String::new();
+    for ty in TYPES {
+        let of_type: Vec<&(ResourceType, String, Node)> =
+            resources.iter().filter(|(t, ..)| *t == ty).collect();
+        out.push_str(&format!(
+            "# {ty}: {:?}\n",
+            of_type.iter().map(|(_, n, _)| n).collect::<Vec<_>>()
+        ));
+        if show.contains(&ty) {
+            for (_, _, node) in of_type {
+                out.push_str(&render(node, 0));
+                out.push('\n');
+            }
+        }
+    }
+    out.push_str(&format!("# secrets (names only): {secrets:?}\n"));
+    out
+}
+
+fn ingress(dc: &str) -> GroupKey {
+    GroupKey::new(Role::Ingress, dc, None)
+}
+
+// ---- ingress gateway ----------------------------------------------------------------------
+
+#[test]
+fn ingress_tcp_service() {
+    let s = mesh(&[
+        ("gateways.yaml", DC1_INGRESS),
+        (
+            "db.yaml",
+            r#"
+Datacenter: dc1
+Node: dc1-db-1
+Address: 10.1.1.1
+Service: {ID: db-1, Service: db, Port: 5432}
+Checks:
+  - {CheckID: db-1-tcp, ServiceID: db-1, Status: passing}
+"#,
+        ),
+        (
+            "entries.hcl",
+            r#"
+Kind     = "service-defaults"
+Name     = "db"
+Protocol = "tcp"
+"#,
+        ),
+        (
+            "exported.hcl",
+            r#"
+Kind = "exported-services"
+Name = "default"
+Services = [
+  { Name = "db", Consumers = [{ Peer = "dc2" }] },
+]
+"#,
+        ),
+        (
+            "intentions.hcl",
+            r#"
+Kind = "service-intentions"
+Name = "db"
+Sources = [
+  { Name = "web", Action = "allow" },
+  { Name = "*",   Action = "deny" },
+]
+"#,
+        ),
+    ]);
+    insta::assert_snapshot!("ingress_tcp", golden(&s, &ingress("dc1"), &TYPES));
+}
+
+#[test]
+fn ingress_http_service() {
+    let s = mesh(&[
+        ("gateways.yaml", DC1_INGRESS),
+        (
+            "api.yaml",
+            r#"
+Datacenter: dc1
+Node: dc1-app-1
+Address: 10.1.1.2
+Service: {ID: api-1, Service: api, Port: 8080}
+Checks:
+  - {CheckID: api-1-http, ServiceID: api-1, Status: passing}
+"#,
+        ),
+        (
+            "entries.hcl",
+            r#"
+Kind     = "service-defaults"
+Name     = "api"
+Protocol = "http"
+"#,
+        ),
+        (
+            "resolver.hcl",
+            r#"
+Kind           = "service-resolver"
+Name           = "api"
+ConnectTimeout = "2s"
+RequestTimeout = "30s"
+"#,
+        ),
+        (
+            "exported.hcl",
+            r#"
+Kind = "exported-services"
+Name = "default"
+Services = [
+  { Name = "api", Consumers = [{ Peer = "dc2" }] },
+]
+"#,
+        ),
+        (
+            "intentions.hcl",
+            r#"
+Kind = "service-intentions"
+Name = "api"
+Sources = [
+  {
+    Name = "web"
+    Permissions = [
+      { Action = "deny",  HTTP = { PathPrefix = "/admin" } },
+      { Action = "allow", HTTP = { PathPrefix = "/v1/", Methods = ["GET", "POST"] } },
+    ]
+  },
+  { Name = "batch", Action = "allow" },
+]
+"#,
+        ),
+    ]);
+    insta::assert_snapshot!("ingress_http", golden(&s, &ingress("dc1"), &TYPES));
+}
+
+#[test]
+fn ingress_subsets() {
+    let s = mesh(&[
+        ("gateways.yaml", DC1_INGRESS),
+        (
+            "cache.yaml",
+            r#"
+Datacenter: dc1
+Node: dc1-app-1
+Address: 10.1.1.3
+Service: {ID: cache-1, Service: cache, Port: 6379, Meta: {version: v1}}
+Checks:
+  - {CheckID: cache-1-tcp, ServiceID: cache-1, Status: passing}
+---
+Datacenter: dc1
+Node: dc1-app-2
+Address: 10.1.1.4
+Service: {ID: cache-2, Service: cache, Port: 6379, Meta: {version: v2}}
+Checks:
+  - {CheckID: cache-2-tcp, ServiceID: cache-2, Status: passing}
+---
+Datacenter: dc1
+Node: dc1-app-3
+Address: 10.1.1.5
+Service: {ID: cache-3, Service: cache, Port: 6379, Meta: {version: v2}}
+Checks:
+  - {CheckID: cache-3-tcp, ServiceID: cache-3, Status: warning}
+"#,
+        ),
+        (
+            "resolver.yaml",
+            r#"
+Kind: service-resolver
+Name: cache
+DefaultSubset: v1
+Subsets:
+  v1:
+    Filter: "Service.Meta.version == v1"
+  v2:
+    Filter: "Service.Meta.version == v2"
+    OnlyPassing: true
+"#,
+        ),
+        (
+            "exported.yaml",
+            "Kind: exported-services\nName: default\nServices:\n  - {Name: cache, Consumers: [{Peer: dc2}]}\n",
+        ),
+        (
+            "intentions.yaml",
+            "Kind: service-intentions\nName: cache\nSources:\n  - {Name: web, Action: allow}\n",
+        ),
+    ]);
+    insta::assert_snapshot!("ingress_subsets", golden(&s, &ingress("dc1"), &TYPES));
+}
+
+#[test]
+fn health_and_weights() {
+    let s = mesh(&[
+        ("gateways.yaml", DC1_INGRESS),
+        (
+            "web.yaml",
+            r#"
+# passing: the passing weight
+Datacenter: dc1
+Node: dc1-web-1
+Address: 10.1.2.1
+Service: {ID: web-1, Service: web, Port: 80, Weights: {Passing: 5, Warning: 1}}
+Checks:
+  - {CheckID: web-1-http, ServiceID: web-1, Status: passing}
+---
+# warning: healthy, with the warning weight
+Datacenter: dc1
+Node: dc1-web-2
+Address: 10.1.2.2
+Service: {ID: web-2, Service: web, Port: 80, Weights: {Passing: 5, Warning: 2}}
+Checks:
+  - {CheckID: web-2-http, ServiceID: web-2, Status: warning}
+---
+# critical: sent as UNHEALTHY, not removed
+Datacenter: dc1
+Node: dc1-web-3
+Address: 10.1.2.3
+Service: {ID: web-3, Service: web, Port: 80}
+Checks:
+  - {CheckID: web-3-http, ServiceID: web-3, Status: critical}
+---
+# a warning weight of 0: unhealthy, weight 1
+Datacenter: dc1
+Node: dc1-web-4
+Address: 10.1.2.4
+Service: {ID: web-4, Service: web, Port: 80, Weights: {Passing: 1, Warning: 0}}
+Checks:
+  - {CheckID: web-4-http, ServiceID: web-4, Status: warning}
+---
+# a weight above 128 is capped
+Datacenter: dc1
+Node: dc1-web-5
+Address: 10.1.2.5
+Service: {ID: web-5, Service: web, Port: 80, Weights: {Passing: 500, Warning: 1}}
+Checks:
+  - {CheckID: web-5-http, ServiceID: web-5, Status: passing}
+---
+# a check registered without a status starts critical, as in Consul
+Datacenter: dc1
+Node: dc1-web-6
+Address: 10.1.2.6
+Service: {ID: web-6, Service: web, Port: 80}
+Checks:
+  - {CheckID: web-6-http, ServiceID: web-6}
+---
+# a failing node check makes the instance critical
+Datacenter: dc1
+Node: dc1-web-7
+Address: 10.1.2.7
+Service: {ID: web-7, Service: web, Port: 80}
+Checks:
+  - {CheckID: serfHealth, Name: Serf Health Status, Status: critical}
+  - {CheckID: web-7-http, ServiceID: web-7, Status: passing}
+"#,
+        ),
+        (
+            "exported.yaml",
+            "Kind: exported-services\nName: default\nServices:\n  - {Name: web, Consumers: [{Peer: dc2}]}\n",
+        ),
+    ]);
+    insta::assert_snapshot!(
+        "health_and_weights",
+        golden(&s, &ingress("dc1"), &[ResourceType::Endpoint])
+    );
+}
+
+#[test]
+fn circuit_breakers_and_passive_health_checks() {
+    let s = mesh(&[
+        ("gateways.yaml", DC1_INGRESS),
+        (
+            "orders.json",
+            r#"{
+  "Datacenter": "dc1",
+  "Node": "dc1-app-1",
+  "Address": "10.1.1.6",
+  "Service": {"ID": "orders-1", "Service": "orders", "Port": 8080},
+  "Checks": [{"CheckID": "orders-1-http", "ServiceID": "orders-1", "Status": "passing"}]
+}"#,
+        ),
+        (
+            "orders-defaults.json",
+            r#"{
+  "Kind": "service-defaults",
+  "Name": "orders",
+  "Protocol": "http",
+  "UpstreamConfig": {
+    "Defaults": {
+      "Limits": {"MaxConnections": 512, "MaxPendingRequests": 256, "MaxConcurrentRequests": 1024},
+      "PassiveHealthCheck": {
+        "Interval": "10s",
+        "MaxFailures": 5,
+        "EnforcingConsecutive5xx": 80,
+        "MaxEjectionPercent": 50,
+        "BaseEjectionTime": "30s"
+      }
+    }
+  }
+}"#,
+        ),
+        (
+            "exported.json",
+            r#"{"Kind": "exported-services", "Name": "default", "Services": [{"Name": "orders", "Consumers": [{"Peer": "dc2"}]}]}"#,
+        ),
+    ]);
+    insta::assert_snapshot!(
+        "circuit_breakers_and_passive_health_checks",
+        golden(&s, &ingress("dc1"), &[ResourceType::Cluster])
+    );
+}
+
+#[test]
+fn http2_and_grpc_upstreams() {
+    let s = mesh(&[
+        ("gateways.yaml", DC1_INGRESS),
+        (
+            "services.yaml",
+            r#"
+Datacenter: dc1
+Node: dc1-app-1
+Address: 10.1.1.7
+Service: {ID: auth-1, Service: auth, Port: 9090}
+Checks:
+  - {CheckID: auth-1-grpc, ServiceID: auth-1, Status: passing}
+---
+Datacenter: dc1
+Node: dc1-app-1
+Address: 10.1.1.7
+Service: {ID: stream-1, Service: stream, Port: 8443}
+Checks:
+  - {CheckID: stream-1-h2, ServiceID: stream-1, Status: passing}
+"#,
+        ),
+        (
+            "defaults.hcl",
+            r#"
+Kind     = "service-defaults"
+Name     = "auth"
+Protocol = "grpc"
+"#,
+        ),
+        (
+            "defaults-stream.hcl",
+            r#"
+Kind     = "service-defaults"
+Name     = "stream"
+Protocol = "http2"
+"#,
+        ),
+        (
+            "exported.hcl",
+            r#"
+Kind = "exported-services"
+Name = "default"
+Services = [
+  { Name = "auth",   Consumers = [{ Peer = "dc2" }] },
+  { Name = "stream", Consumers = [{ Peer = "dc2" }] },
+]
+"#,
+        ),
+    ]);
+    insta::assert_snapshot!(
+        "http2_and_grpc_upstreams",
+        golden(&s, &ingress("dc1"), &[ResourceType::Cluster])
+    );
+}
+
+#[test]
+fn load_balancer_policies() {
+    let s = mesh(&[
+        ("gateways.yaml", DC1_INGRESS),
+        (
+            "services.yaml",
+            r#"
+Datacenter: dc1
+Node: dc1-app-1
+Address: 10.1.1.8
+Service: {ID: search-1, Service: search, Port: 9200}
+Checks:
+  - {CheckID: search-1, ServiceID: search-1, Status: passing}
+---
+Datacenter: dc1
+Node: dc1-app-1
+Address: 10.1.1.8
+Service: {ID: sessions-1, Service: sessions, Port: 9300}
+Checks:
+  - {CheckID: sessions-1, ServiceID: sessions-1, Status: passing}
+"#,
+        ),
+        (
+            "resolvers.hcl",
+            r#"
+Kind = "service-resolver"
+Name = "search"
+LoadBalancer = {
+  Policy             = "least_request"
+  LeastRequestConfig = { ChoiceCount = 5 }
+}
+"#,
+        ),
+        (
+            "resolver-sessions.hcl",
+            r#"
+Kind = "service-resolver"
+Name = "sessions"
+LoadBalancer = {
+  Policy         = "ring_hash"
+  RingHashConfig = { MinimumRingSize = 1024, MaximumRingSize = 8192 }
+  HashPolicies   = [{ Field = "header", FieldValue = "x-user-id" }]
+}
+"#,
+        ),
+        (
+            "exported.hcl",
+            r#"
+Kind = "exported-services"
+Name = "default"
+Services = [
+  { Name = "search",   Consumers = [{ Peer = "dc2" }] },
+  { Name = "sessions", Consumers = [{ Peer = "dc2" }] },
+]
+"#,
+        ),
+    ]);
+    insta::assert_snapshot!(
+        "load_balancer_policies",
+        golden(&s, &ingress("dc1"), &[ResourceType::Cluster])
+    );
+}
+
+#[test]
+fn service_not_exported() {
+    let s = mesh(&[
+        ("gateways.yaml", DC1_INGRESS),
+        (
+            "services.yaml",
+            r#"
+Datacenter: dc1
+Node: dc1-db-1
+Address: 10.1.1.1
+Service: {ID: db-1, Service: db, Port: 5432}
+Checks:
+  - {CheckID: db-1-tcp, ServiceID: db-1, Status: passing}
+---
+Datacenter: dc1
+Node: dc1-vault-1
+Address: 10.1.1.9
+Service: {ID: vault-1, Service: vault, Port: 8200}
+Checks:
+  - {CheckID: vault-1, ServiceID: vault-1, Status: passing}
+"#,
+        ),
+        (
+            "exported.hcl",
+            r#"
+# vault is not exported; ledger is, but has no instance in dc1.
+Kind = "exported-services"
+Name = "default"
+Services = [
+  { Name = "db",     Consumers = [{ Peer = "dc2" }] },
+  { Name = "ledger", Consumers = [{ Peer = "dc2" }] },
+]
+"#,
+        ),
+        (
+            "intentions.hcl",
+            r#"
+Kind = "service-intentions"
+Name = "vault"
+Sources = [{ Name = "*", Action = "allow" }]
+"#,
+        ),
+    ]);
+    let out = golden(&s, &ingress("dc1"), &[ResourceType::Listener]);
+    assert!(!out.contains("vault"), "{out}");
+    assert!(!out.contains("ledger"), "{out}");
+    insta::assert_snapshot!("service_not_exported", out);
+}
+
+// ---- egress gateway -----------------------------------------------------------------------
+
+#[test]
+fn egress_by_remote_datacenter() {
+    let s = mesh(&[
+        ("dc1.yaml", &format!("{DC1_INGRESS}---{DC1_EGRESS}")),
+        (
+            "dc2.yaml",
+            &format!(
+                "{DC2_INGRESS}---{}",
+                r#"
+# a critical gateway is not a target
+Datacenter: dc2
+Node: dc2-gw-3
+Address: 10.2.0.12
+Service:
+  Kind: mesh-gateway
+  ID: dc2-ingress-3
+  Service: mesh-gateway
+  Port: 8443
+  TaggedAddresses:
+    wan: {Address: 198.18.2.12, Port: 443}
+  Meta: {meshgate-role: ingress}
+Checks:
+  - {CheckID: serfHealth, Name: Serf Health Status, Status: critical}
+"#
+            ),
+        ),
+        ("dc3.yaml", DC3_INGRESS_HOSTNAME),
+    ]);
+    insta::assert_snapshot!(
+        "egress",
+        golden(&s, &GroupKey::new(Role::Egress, "dc1", None), &TYPES)
+    );
+}
+
+// ---- sidecars -----------------------------------------------------------------------------
+
+/// `web` in dc1, whose sidecar has the given upstreams (YAML flow mappings, one a line).
+fn web_sidecar(upstreams: &str) -> String {
+    format!(
+        r#"
+Datacenter: dc1
+Node: dc1-web-1
+Address: 10.1.2.1
+Service: {{ID: web-1, Service: web, Port: 8080}}
+Checks:
+  - {{CheckID: web-1-http, ServiceID: web-1, Status: passing}}
+---
+Datacenter: dc1
+Node: dc1-web-1
+Address: 10.1.2.1
+Service:
+  Kind: connect-proxy
+  ID: web-1-sidecar-proxy
+  Service: web-sidecar-proxy
+  Port: 21000
+  Proxy:
+    DestinationServiceName: web
+    DestinationServiceID: web-1
+    LocalServicePort: 8080
+    Upstreams:
+{upstreams}"#
+    )
+}
+
+const DC2_SERVICES: &str = r#"
+Datacenter: dc2
+Node: dc2-app-1
+Address: 10.2.1.1
+Service: {ID: db-1, Service: db, Port: 5432}
+Checks:
+  - {CheckID: db-1-tcp, ServiceID: db-1, Status: passing}
+---
+Datacenter: dc2
+Node: dc2-app-1
+Address: 10.2.1.1
+Service: {ID: api-1, Service: api, Port: 8080}
+Checks:
+  - {CheckID: api-1-http, ServiceID: api-1, Status: passing}
+"#;
+
+const API_HTTP: &str = r#"
+Kind           = "service-defaults"
+Name           = "api"
+Protocol       = "http"
+"#;
+
+fn sidecar_group() -> GroupKey {
+    GroupKey::new(Role::Sidecar, "dc1", Some("web"))
+}
+
+#[test]
+fn sidecar_tcp_and_http_via_local_egress() {
+    let web = web_sidecar(
+        "      - {DestinationName: db, Datacenter: dc2, LocalBindPort: 19001}\n      - {DestinationName: api, Datacenter: dc2, LocalBindPort: 19002}\n      - {DestinationName: auth, Datacenter: dc2, LocalBindPort: 19003}\n",
+    );
+    let s = mesh(&[
+        (
+            "gateways.yaml",
+            &format!("{DC1_INGRESS}---{DC1_EGRESS}---{DC2_INGRESS}"),
+        ),
+        ("web.yaml", &web),
+        ("dc2.yaml", DC2_SERVICES),
+        ("api.hcl", API_HTTP),
+        (
+            "api-resolver.hcl",
+            "Kind = \"service-resolver\"\nName = \"api\"\nRequestTimeout = \"20s\"\n",
+        ),
+        (
+            "auth.yaml",
+            r#"
+Datacenter: dc2
+Node: dc2-app-2
+Address: 10.2.1.2
+Service: {ID: auth-1, Service: auth, Port: 9090}
+Checks:
+  - {CheckID: auth-1-grpc, ServiceID: auth-1, Status: passing}
+---
+Kind: service-defaults
+Name: auth
+Protocol: grpc
+"#,
+        ),
+    ]);
+    insta::assert_snapshot!(
+        "sidecar_via_local_egress",
+        golden(&s, &sidecar_group(), &TYPES)
+    );
+}
+
+#[test]
+fn sidecar_via_remote_ingress_without_local_egress() {
+    let web = web_sidecar("      - {DestinationName: db, Datacenter: dc2, LocalBindPort: 19001}\n");
+    let s = mesh(&[
+        ("gateways.yaml", &format!("{DC1_INGRESS}---{DC2_INGRESS}")),
+        ("web.yaml", &web),
+        ("dc2.yaml", DC2_SERVICES),
+    ]);
+    insta::assert_snapshot!(
+        "sidecar_via_remote_ingress",
+        golden(
+            &s,
+            &sidecar_group(),
+            &[ResourceType::Cluster, ResourceType::Endpoint]
+        )
+    );
+}
+
+#[test]
+fn sidecar_redirect() {
+    let web = web_sidecar("      - {DestinationName: db, Datacenter: dc2, LocalBindPort: 19001}\n");
+    let s = mesh(&[
+        (
+            "gateways.yaml",
+            &format!("{DC1_EGRESS}---{DC2_INGRESS}---{DC3_INGRESS_HOSTNAME}"),
+        ),
+        ("web.yaml", &web),
+        ("dc2.yaml", DC2_SERVICES),
+        (
+            "dc3.yaml",
+            r#"
+Datacenter: dc3
+Node: dc3-app-1
+Address: 10.3.1.1
+Service: {ID: db-replica-1, Service: db-replica, Port: 5432}
+Checks:
+  - {CheckID: db-replica-1, ServiceID: db-replica-1, Status: passing}
+"#,
+        ),
+        (
+            "db-resolver.hcl",
+            r#"
+Kind = "service-resolver"
+Name = "db"
+Redirect {
+  Service    = "db-replica"
+  Datacenter = "dc3"
+}
+"#,
+        ),
+    ]);
+    insta::assert_snapshot!("sidecar_redirect", golden(&s, &sidecar_group(), &TYPES));
+}
+
+#[test]
+fn sidecar_failover() {
+    let web = web_sidecar("      - {DestinationName: db, Datacenter: dc2, LocalBindPort: 19001}\n");
+    let s = mesh(&[
+        (
+            "gateways.yaml",
+            &format!("{DC1_EGRESS}---{DC2_INGRESS}---{DC3_INGRESS_HOSTNAME}"),
+        ),
+        ("web.yaml", &web),
+        (
+            "db.yaml",
+            r#"
+# every db instance of dc2 is down; dc3's is up
+Datacenter: dc2
+Node: dc2-app-1
+Address: 10.2.1.1
+Service: {ID: db-1, Service: db, Port: 5432}
+Checks:
+  - {CheckID: db-1-tcp, ServiceID: db-1, Status: critical}
+---
+Datacenter: dc3
+Node: dc3-app-1
+Address: 10.3.1.1
+Service: {ID: db-1, Service: db, Port: 5432}
+Checks:
+  - {CheckID: db-1-tcp, ServiceID: db-1, Status: passing}
+"#,
+        ),
+        (
+            "db-resolver.yaml",
+            r#"
+Kind: service-resolver
+Name: db
+ConnectTimeout: 3s
+Failover:
+  "*":
+    Datacenters: [dc3]
+"#,
+        ),
+    ]);
+    insta::assert_snapshot!("sidecar_failover", golden(&s, &sidecar_group(), &TYPES));
+}
