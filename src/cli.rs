@@ -519,6 +519,9 @@ pub async fn run(
         },
         datacenter: args.datacenter.clone(),
         certs: None,
+        // Ready once the first snapshot is published: before that a new Envoy would only get
+        // an empty configuration.
+        published: Some(ready.clone()),
     };
     let sources = if let Some(dir) = &args.config_dir {
         let (source, first) = match DirSource::open(dir, &args.datacenter, metrics.clone()) {
@@ -566,6 +569,7 @@ pub async fn run(
         warn!("no --config-dir or --consul-addr: serving an empty mesh");
         SourceHandle::None
     };
+    let serving_nothing = matches!(sources, SourceHandle::None);
     let admin = tokio::spawn(admin::serve(
         admin_listener,
         AdminState {
@@ -580,7 +584,9 @@ pub async fn run(
     info!(xds = %xds_addr, admin = %admin_addr, tls = tls.is_some(),
         datacenter = %args.datacenter, "meshgate serving");
     let xds = tokio::spawn(server.serve(xds_listener, tls, stopped()));
-    ready.store(true, Ordering::Release);
+    if serving_nothing {
+        ready.store(true, Ordering::Release);
+    }
 
     shutdown.await;
     info!("shutting down");

@@ -20,6 +20,7 @@ pub mod tls;
 mod tests;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use envoy_types::pb::envoy::config::core::v3::{
     AggregatedConfigSource, ConfigSource, config_source::ConfigSourceSpecifier,
@@ -143,6 +144,8 @@ pub struct Translator {
     pub datacenter: String,
     /// Leaves and the trust bundle; `None` serves no secrets (TLS listeners then wait).
     pub certs: Option<CertManager>,
+    /// Set once the first snapshot is published (`/readyz`).
+    pub published: Option<Arc<AtomicBool>>,
 }
 
 impl Translator {
@@ -226,6 +229,9 @@ impl Translator {
             let snapshot = snapshots.borrow_and_update().clone();
             if let Some(snapshot) = snapshot {
                 self.apply(&snapshot);
+                if let Some(ready) = &self.published {
+                    ready.store(true, Ordering::Release);
+                }
             }
             let rotated = async {
                 match rotations.as_mut() {

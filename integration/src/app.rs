@@ -15,19 +15,55 @@ pub struct App {
     pub admin_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<(), String>>>,
+    _state: tempfile::TempDir,
 }
 
 impl App {
     /// Starts `meshgate serve <flags>` (`--xds-addr`/`--admin-addr` are chosen here). Panics
     /// with the server's error if it does not start.
+    /// With `--config-dir`, it also waits until meshgate is ready (`/readyz`: the first
+    /// snapshot is published), so a test's first request sees the configuration.
     pub fn start(flags: &[&str]) -> App {
-        Self::try_start(flags).unwrap_or_else(|e| panic!("meshgate serve {flags:?}: {e}"))
+        let app =
+            Self::try_start(flags).unwrap_or_else(|e| panic!("meshgate serve {flags:?}: {e}"));
+        if flags.contains(&"--config-dir") {
+            app.wait_ready();
+        }
+        app
+    }
+
+    /// Polls `/readyz` until it answers 200 (30 s at most).
+    pub fn wait_ready(&self) {
+        let url = format!("http://{}/readyz", self.admin_addr);
+        for _ in 0..300 {
+            let ok = std::net::TcpStream::connect(self.admin_addr)
+                .ok()
+                .and_then(|mut s| {
+                    use std::io::{Read, Write};
+                    s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n").ok()?;
+                    let mut out = String::new();
+                    s.read_to_string(&mut out).ok()?;
+                    Some(out.starts_with("HTTP/1.0 200") || out.starts_with("HTTP/1.1 200"))
+                })
+                .unwrap_or(false);
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("{url} did not answer 200 within 30 s");
     }
 
     /// Like [`App::start`], but returns the error a refused start gives.
     pub fn try_start(flags: &[&str]) -> Result<App, String> {
         crate::harness::init_test_process();
+        // Each server keeps its state (trust domain, CA) in a directory of its own.
+        let state = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let state_path = state.path().to_str().expect("UTF-8 temp path").to_owned();
         let mut argv = vec!["meshgate", "serve", "--debounce-quiet", "0"];
+        if !flags.contains(&"--state-dir") {
+            argv.extend(["--state-dir", state_path.as_str()]);
+        }
         argv.extend_from_slice(flags);
         let Command::Serve(args) = Cli::try_parse_from(&argv)
             .map_err(|e| e.to_string())?
@@ -63,6 +99,7 @@ impl App {
                 admin_addr,
                 stop: Some(stop_tx),
                 thread: Some(thread),
+                _state: state,
             }),
             Ok(Err(e)) => {
                 let _ = thread.join();

@@ -94,7 +94,7 @@ async fn edits_reach_envoy_and_broken_edits_are_refused() {
     let mut client = DeltaClient::connect(app.xds_addr, node("ingress-1")).await;
     client.subscribe(ResourceType::Cluster, &[]).await;
     let clusters = client.recv_ack().await;
-    assert_eq!(names(&clusters), [WEB_SNI]);
+    assert_eq!(names(&clusters), [WEB_SNI], "{clusters:?}");
     client.subscribe(ResourceType::Endpoint, &[WEB_SNI]).await;
     assert_eq!(ports(&next_web_assignment(&mut client).await), [8080]);
 
