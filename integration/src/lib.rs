@@ -8,6 +8,7 @@ pub mod consul_double;
 pub mod envoy;
 pub mod fixtures;
 pub mod harness;
+pub mod mesh;
 pub mod upstream;
 
 /// The commit being measured, for benchmark reports (empty outside a git checkout).

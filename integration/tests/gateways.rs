@@ -7,16 +7,12 @@
 //! Envoy must report `update_rejected` 0 for every type: meshgate never sends what Envoy
 //! refuses.
 
-use std::path::Path;
 use std::time::Duration;
 
 use integration::app::App;
-use integration::envoy::{AdsApi, Envoy, http_client};
+use integration::envoy::{AdsApi, Envoy};
+use integration::mesh::{SOON, TD, get, no_rejections, tcp_answered, write};
 use integration::upstream::{Upstream, free_port};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const TD: &str = "5c3b6c1e-0b55-4e6e-9a0b-6a1e5b7f2d10.consul";
-const SOON: Duration = Duration::from_secs(30);
 
 struct Mesh {
     _dir: tempfile::TempDir,
@@ -25,12 +21,6 @@ struct Mesh {
     api_port: u16,
     db_port: u16,
     secret_port: u16,
-}
-
-fn write(dir: &Path, name: &str, text: &str) {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, text).unwrap();
-    std::fs::rename(&tmp, dir.join(name)).unwrap();
 }
 
 const INTENTIONS: &str = r#"
@@ -133,44 +123,6 @@ async fn mesh(api: &Upstream, db: &Upstream, secret: &Upstream) -> Mesh {
     }
 }
 
-impl Mesh {
-    async fn no_rejections(&self) {
-        // Every `update_rejected` counter: CDS, LDS, and each EDS, RDS and SDS subscription.
-        for e in &self.envoys {
-            let stats = e.admin_get("/stats?filter=update_rejected").await;
-            let counted = stats
-                .lines()
-                .filter(|l| l.contains("update_rejected"))
-                .count();
-            assert!(counted >= 2, "no update_rejected stats at all:\n{stats}");
-            for line in stats.lines() {
-                assert!(line.ends_with(": 0"), "{line}\n{}", e.log());
-            }
-        }
-    }
-}
-
-/// GET through the sidecar; (status, body, received xfcc).
-async fn get(
-    port: u16,
-    path: &str,
-    method: reqwest::Method,
-) -> Result<(u16, String, String), String> {
-    let r = http_client()
-        .request(method, format!("http://127.0.0.1:{port}{path}"))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = r.status().as_u16();
-    let xfcc = r
-        .headers()
-        .get("x-received-xfcc")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    Ok((status, r.text().await.map_err(|e| e.to_string())?, xfcc))
-}
-
 /// Waits until a GET through the sidecar answers 200.
 async fn wait_answered(port: u16) -> (u16, String, String) {
     let deadline = tokio::time::Instant::now() + SOON;
@@ -185,22 +137,6 @@ async fn wait_answered(port: u16) -> (u16, String, String) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-}
-
-/// A TCP round trip through the sidecar: whether the upstream's bytes came back.
-async fn tcp_answered(port: u16) -> bool {
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return false;
-    };
-    if s.write_all(b"GET / HTTP/1.1\r\nHost: db\r\nConnection: close\r\n\r\n")
-        .await
-        .is_err()
-    {
-        return false;
-    }
-    let mut buf = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
-    String::from_utf8_lossy(&buf).contains("db")
 }
 
 #[tokio::test]
@@ -232,12 +168,12 @@ async fn a_call_crosses_the_gateways_only_where_intentions_allow() {
 
     // db: exported, but the intention denies web: the ingress gateway closes the connection.
     assert!(
-        !tcp_answered(mesh.db_port).await,
+        !tcp_answered(mesh.db_port, "db").await,
         "a denied TCP call was answered"
     );
     // secret: not exported: no chain on the ingress gateway, refused.
     assert!(
-        !tcp_answered(mesh.secret_port).await,
+        !tcp_answered(mesh.secret_port, "secret").await,
         "a call to an unexported service was answered"
     );
     assert_eq!(secret.hits.load(std::sync::atomic::Ordering::Relaxed), 0);
@@ -250,12 +186,12 @@ async fn a_call_crosses_the_gateways_only_where_intentions_allow() {
         "Kind = \"service-intentions\"\nName = \"db\"\nSources = [{ Name = \"web\", Action = \"allow\" }]\n",
     );
     let deadline = tokio::time::Instant::now() + SOON;
-    while !tcp_answered(mesh.db_port).await {
+    while !tcp_answered(mesh.db_port, "db").await {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the allowed db call was never answered"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    mesh.no_rejections().await;
+    no_rejections(&mesh.envoys).await;
 }
