@@ -199,12 +199,17 @@ async fn a_broken_entry_in_consul_is_refused_and_the_last_snapshot_serves() {
         status(app).await["generation"].as_u64() >= Some(1)
     })
     .await;
-    let generation = status(&app).await["generation"].as_u64().unwrap();
+    let first = status(&app).await["generation"].as_u64().unwrap();
     // Two resolvers redirecting to each other: Consul itself would refuse to compile the
-    // chain; meshgate refuses the state.
+    // chain; meshgate refuses the state. The first alone is valid and accepted.
     consul.put_config_entry(
         json!({"Kind": "service-resolver", "Name": "a", "Redirect": {"Service": "b"}}),
     );
+    app.wait_for(SOON, "the first redirect to be accepted", async |app| {
+        status(app).await["generation"].as_u64() > Some(first)
+    })
+    .await;
+    let generation = status(&app).await["generation"].as_u64().unwrap();
     consul.put_config_entry(
         json!({"Kind": "service-resolver", "Name": "b", "Redirect": {"Service": "a"}}),
     );
