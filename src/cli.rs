@@ -89,15 +89,8 @@ pub struct IntentionCheckArgs {
     /// --consul-addr).
     #[arg(long, env = "MESHGATE_CONFIG_DIR")]
     pub config_dir: Option<PathBuf>,
-    /// Read the intentions from Consul's HTTP API at this address (http:// or https://).
-    #[arg(long, env = "CONSUL_HTTP_ADDR")]
-    pub consul_addr: Option<String>,
-    /// ACL token sent to Consul as X-Consul-Token.
-    #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
-    pub consul_token: Option<String>,
-    /// PEM CA bundle to verify Consul's HTTPS certificate.
-    #[arg(long, env = "CONSUL_CACERT")]
-    pub consul_ca_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub consul: ConsulArgs,
     /// The local datacenter (of agent service definitions; of the Consul agent).
     #[arg(long, default_value = "dc1", env = "MESHGATE_DATACENTER")]
     pub datacenter: String,
@@ -185,6 +178,31 @@ pub fn bootstrap(args: &BootstrapArgs) -> std::process::ExitCode {
     }
 }
 
+/// How to reach Consul: shared by `serve` and `intention check`.
+#[derive(Debug, Clone, Args)]
+pub struct ConsulArgs {
+    /// Consul's HTTP API (http:// or https://).
+    #[arg(long, env = "CONSUL_HTTP_ADDR")]
+    pub consul_addr: Option<String>,
+    /// ACL token sent to Consul as X-Consul-Token.
+    #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
+    pub consul_token: Option<String>,
+    /// PEM CA bundle to verify Consul's HTTPS certificate.
+    #[arg(long, env = "CONSUL_CACERT")]
+    pub consul_ca_file: Option<PathBuf>,
+}
+
+impl ConsulArgs {
+    /// The source's configuration, when an address is given.
+    pub fn config(&self, datacenter: &str) -> Option<ConsulConfig> {
+        let addr = self.consul_addr.as_ref()?;
+        let mut config = ConsulConfig::new(addr.clone(), datacenter.to_owned());
+        config.token = self.consul_token.clone();
+        config.ca_file = self.consul_ca_file.clone();
+        Some(config)
+    }
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct ValidateArgs {
     /// The directory (every .hcl, .json, .yaml and .yml file below it is read).
@@ -220,8 +238,9 @@ pub struct ServeArgs {
     /// PEM CA bundle: when set, Envoys must present a client certificate it signed.
     #[arg(long, requires = "xds_tls_cert")]
     pub xds_tls_client_ca: Option<PathBuf>,
-    /// Read the mesh from this directory of Consul-format files (watched for changes).
-    #[arg(long, env = "MESHGATE_CONFIG_DIR", conflicts_with = "consul_addr")]
+    /// Read the mesh from this directory of Consul-format files (watched for changes). Takes
+    /// precedence over --consul-addr (so an exported CONSUL_HTTP_ADDR does not get in the way).
+    #[arg(long, env = "MESHGATE_CONFIG_DIR")]
     pub config_dir: Option<PathBuf>,
     /// Quiet time after a file event before the directory is read again.
     #[arg(long, default_value = "200ms", value_parser = parse_duration)]
@@ -230,15 +249,8 @@ pub struct ServeArgs {
     /// systems that drop events).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub config_rescan: Duration,
-    /// Read the mesh from Consul's HTTP API at this address (http:// or https://).
-    #[arg(long, env = "CONSUL_HTTP_ADDR")]
-    pub consul_addr: Option<String>,
-    /// ACL token sent to Consul as X-Consul-Token.
-    #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
-    pub consul_token: Option<String>,
-    /// PEM CA bundle to verify Consul's HTTPS certificate.
-    #[arg(long, env = "CONSUL_CACERT")]
-    pub consul_ca_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub consul: ConsulArgs,
     /// Longest wait of one Consul blocking query.
     #[arg(long, default_value = "5m", value_parser = parse_duration)]
     pub consul_wait: Duration,
@@ -349,8 +361,8 @@ fn intention_check(args: &IntentionCheckArgs) -> std::process::ExitCode {
             return std::process::ExitCode::from(2);
         }
         loaded.snapshot.entries
-    } else if let Some(addr) = &args.consul_addr {
-        match consul_snapshot(args, addr) {
+    } else if let Some(config) = args.consul.config(&args.datacenter) {
+        match consul_snapshot(config) {
             Ok(snapshot) => snapshot.entries.clone(),
             Err(e) => {
                 eprintln!("meshgate: {e:#}");
@@ -384,7 +396,8 @@ fn intention_check(args: &IntentionCheckArgs) -> std::process::ExitCode {
 }
 
 /// Starts the Consul source on a runtime of its own and waits for its first snapshot.
-fn consul_snapshot(args: &IntentionCheckArgs, addr: &str) -> anyhow::Result<Arc<Snapshot>> {
+fn consul_snapshot(config: ConsulConfig) -> anyhow::Result<Arc<Snapshot>> {
+    let addr = config.addr.clone();
     // The process-wide crypto provider, as `serve` installs it (already there is fine).
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -393,9 +406,6 @@ fn consul_snapshot(args: &IntentionCheckArgs, addr: &str) -> anyhow::Result<Arc<
         .build()
         .context("cannot start the runtime")?;
     let result = runtime.block_on(async {
-        let mut config = ConsulConfig::new(addr.to_owned(), args.datacenter.clone());
-        config.token = args.consul_token.clone();
-        config.ca_file = args.consul_ca_file.clone();
         let (source, mut rx) = crate::source::from_consul::start(
             config,
             Arc::new(Metrics::new()),
@@ -551,10 +561,7 @@ pub async fn run(
         );
         tokio::spawn(translator.run(rx));
         SourceHandle::Dir(source)
-    } else if let Some(addr) = &args.consul_addr {
-        let mut config = ConsulConfig::new(addr.clone(), args.datacenter.clone());
-        config.token = args.consul_token.clone();
-        config.ca_file = args.consul_ca_file.clone();
+    } else if let Some(mut config) = args.consul.config(&args.datacenter) {
         config.wait = args.consul_wait;
         let (source, rx) =
             crate::source::from_consul::start(config.clone(), metrics.clone(), stopped())
@@ -631,6 +638,30 @@ mod tests {
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         assert!(parse_duration("100").unwrap_err().contains("missing unit"));
         assert!(parse_duration("5d").unwrap_err().contains("unknown unit"));
+    }
+
+    #[test]
+    fn a_config_dir_is_accepted_beside_a_consul_address() {
+        // An exported CONSUL_HTTP_ADDR must not make --config-dir unusable: both parse, and
+        // `run` reads the directory first.
+        let cli = Cli::try_parse_from([
+            "meshgate",
+            "serve",
+            "--config-dir",
+            "mesh",
+            "--consul-addr",
+            "http://127.0.0.1:8500",
+        ])
+        .expect("both flags parse");
+        let Command::Serve(args) = cli.command else {
+            panic!("serve")
+        };
+        assert_eq!(
+            args.config_dir.as_deref(),
+            Some(std::path::Path::new("mesh"))
+        );
+        let config = args.consul.config("dc1").expect("a Consul config");
+        assert_eq!(config.addr, "http://127.0.0.1:8500");
     }
 
     #[test]
