@@ -532,6 +532,7 @@ pub async fn run(
         // Ready once the first snapshot is published: before that a new Envoy would only get
         // an empty configuration.
         published: Some(ready.clone()),
+        caches: Default::default(),
     };
     let sources = if let Some(dir) = &args.config_dir {
         let (source, first) = match DirSource::open(dir, &args.datacenter, metrics.clone()) {

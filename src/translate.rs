@@ -8,6 +8,7 @@
 pub mod cluster;
 pub mod endpoint;
 pub mod gateway;
+pub mod ingress;
 pub mod listener;
 pub mod names;
 pub mod rbac;
@@ -30,17 +31,17 @@ use prost::{Message, Name};
 use tokio::sync::watch;
 use tracing::{debug, error};
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 
-use crate::ca::{CertManager, CertSet};
+use crate::ca::{CertManager, CertSet, Leaf};
 use crate::model::Snapshot;
 use crate::model::intentions::DefaultPolicy;
-use crate::xds::{GroupKey, Role, Store, Update};
+use crate::xds::{Entry, GroupKey, ResourceType, Role, Store, TypeUpdate, Update};
 
 /// Settings translation needs beyond the snapshot.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// The SPIFFE trust domain (`<uuid>.consul`), used in SNIs and identities.
     pub trust_domain: String,
@@ -138,6 +139,10 @@ pub fn secrets(
 /// egress gateways of every datacenter the snapshot knows (a directory describes the whole
 /// mesh; from Consul, the local datacenter is the one with services), and the sidecars that
 /// declare upstreams.
+///
+/// Ingress groups are translated incrementally ([`ingress::IngressCache`]): only the services
+/// whose inputs changed are translated again, and the store gets a patch. Secrets are encoded
+/// once per leaf and republished only when a leaf or the trust bundle changed.
 pub struct Translator {
     pub store: Store,
     pub settings: Settings,
@@ -146,6 +151,67 @@ pub struct Translator {
     pub certs: Option<CertManager>,
     /// Set once the first snapshot is published (`/readyz`).
     pub published: Option<Arc<AtomicBool>>,
+    /// What the last translation of each group left, to translate the next one incrementally.
+    pub caches: Caches,
+}
+
+/// Per-group state kept between translations.
+#[derive(Default)]
+pub struct Caches {
+    ingress: HashMap<GroupKey, ingress::IngressCache>,
+    secrets: HashMap<GroupKey, SecretCache>,
+}
+
+/// A group's last published secrets, and the entries of its leaves by leaf.
+#[derive(Default)]
+struct SecretCache {
+    leaves: HashMap<(String, String), (Arc<Leaf>, Arc<Entry>)>,
+    bundle: Option<(String, Arc<Entry>)>,
+    published: Option<Vec<Arc<Entry>>>,
+}
+
+impl SecretCache {
+    /// The group's secret entries, encoding only leaves (and a bundle) not seen before.
+    fn entries(
+        &mut self,
+        group: &GroupKey,
+        wanted: &BTreeSet<(String, String)>,
+        certs: &CertSet,
+    ) -> Vec<Arc<Entry>> {
+        if group.role == Role::Egress {
+            return Vec::new();
+        }
+        let bundle = match &self.bundle {
+            Some((roots, e)) if *roots == certs.roots_pem => e.clone(),
+            _ => {
+                let e = Entry::new(&secret::trust_bundle(certs));
+                self.bundle = Some((certs.roots_pem.clone(), e.clone()));
+                e
+            }
+        };
+        let mut out = vec![bundle];
+        let mut leaves = HashMap::with_capacity(wanted.len());
+        for key in wanted {
+            let Some(leaf) = certs.leaves.get(key) else {
+                continue;
+            };
+            let entry = match self.leaves.remove(key) {
+                Some((l, e)) if Arc::ptr_eq(&l, leaf) => e,
+                _ => Entry::new(&secret::leaf_secret(leaf)),
+            };
+            out.push(entry.clone());
+            leaves.insert(key.clone(), (leaf.clone(), entry));
+        }
+        self.leaves = leaves;
+        out
+    }
+
+    /// Whether `entries` are exactly the last published ones.
+    fn unchanged(&self, entries: &[Arc<Entry>]) -> bool {
+        self.published.as_deref().is_some_and(|p| {
+            p.len() == entries.len() && p.iter().zip(entries).all(|(a, b)| Arc::ptr_eq(a, b))
+        })
+    }
 }
 
 impl Translator {
@@ -183,7 +249,7 @@ impl Translator {
     }
 
     /// Translates and publishes one snapshot.
-    pub fn apply(&self, snapshot: &Snapshot) {
+    pub fn apply(&mut self, snapshot: &Arc<Snapshot>) {
         // Consul's CA names the trust domain when there is one.
         let settings = match &snapshot.ca_roots {
             Some(roots) => Settings {
@@ -199,22 +265,57 @@ impl Translator {
             let all: BTreeSet<(String, String)> = wanted.iter().flatten().cloned().collect();
             c.ensure(&all)
         });
+        // Groups no longer served keep their last state in the store, but not a cache.
+        self.caches.ingress.retain(|g, _| groups.contains(g));
+        self.caches.secrets.retain(|g, _| groups.contains(g));
         for (group, wanted) in groups.iter().zip(&wanted) {
-            let mut update = translate(snapshot, group, &settings);
+            let started = std::time::Instant::now();
+            let (mut update, stats) = match group.role {
+                Role::Ingress => {
+                    let cache = self.caches.ingress.entry(group.clone()).or_default();
+                    let (update, stats) = cache.translate(snapshot, &group.datacenter, &settings);
+                    (update, Some(stats))
+                }
+                _ => (translate(snapshot, group, &settings), None),
+            };
+            let mut secrets = None;
             if let Some(certs) = &certs {
-                update = update.replace(secrets(group, wanted, certs));
+                let cache = self.caches.secrets.entry(group.clone()).or_default();
+                let entries = cache.entries(group, wanted, certs);
+                if !cache.unchanged(&entries) {
+                    update =
+                        update.with(ResourceType::Secret, TypeUpdate::Replace(entries.clone()));
+                    secrets = Some(entries);
+                }
             }
-            let group = group.clone();
-            match self.store.publish(&group, update) {
-                Ok(Some(generation)) => debug!(
-                    %group,
-                    snapshot = snapshot.generation,
-                    generation,
-                    "published"
-                ),
-                Ok(None) => debug!(%group, snapshot = snapshot.generation, "nothing changed"),
-                // A translation that breaks the store's rules is a bug; keep the last state.
-                Err(e) => error!(%group, error = %e, "translation refused by the store"),
+            match self.store.publish(group, update) {
+                Ok(generation) => {
+                    if let Some(entries) = secrets {
+                        self.caches
+                            .secrets
+                            .entry(group.clone())
+                            .or_default()
+                            .published = Some(entries);
+                    }
+                    debug!(
+                        %group,
+                        snapshot = snapshot.generation,
+                        ?generation,
+                        services_translated = stats.map(|s| s.services_translated),
+                        resources_touched = stats.map(|s| s.resources_touched),
+                        elapsed_us = started.elapsed().as_micros() as u64,
+                        "translated"
+                    );
+                }
+                // A translation that breaks the store's rules is a bug; keep the last state,
+                // and translate the group in full next time.
+                Err(e) => {
+                    error!(%group, error = %e, "translation refused by the store");
+                    if let Some(c) = self.caches.ingress.get_mut(group) {
+                        c.reset();
+                    }
+                    self.caches.secrets.remove(group);
+                }
             }
         }
     }
@@ -223,7 +324,7 @@ impl Translator {
     /// publishes nothing: a stream of a group never published gets no response rather than
     /// an empty configuration.
     /// A rotated leaf republishes the secrets of the current snapshot.
-    pub async fn run(self, mut snapshots: watch::Receiver<Option<Arc<Snapshot>>>) {
+    pub async fn run(mut self, mut snapshots: watch::Receiver<Option<Arc<Snapshot>>>) {
         let mut rotations = self.certs.as_ref().map(|c| c.changes());
         loop {
             let snapshot = snapshots.borrow_and_update().clone();

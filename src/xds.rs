@@ -1,7 +1,6 @@
 //! The xDS server: a store of versioned, pre-encoded resources grouped by node kind, and the
 //! delta and state-of-the-world streams that serve them (ADS and the per-type services).
 
-pub mod canonical;
 pub mod node;
 pub mod resource;
 pub mod server;

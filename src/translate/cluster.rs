@@ -47,16 +47,20 @@ pub fn ingress_services(snapshot: &Snapshot, datacenter: &str) -> Vec<String> {
         .services
         .iter()
         .map(|s| s.value.name.clone())
-        .filter(|name| {
-            snapshot
-                .instances(datacenter, name)
-                .iter()
-                .any(|i| i.kind == crate::model::ServiceKind::Typical)
-        })
+        .filter(|name| has_local_instances(snapshot, datacenter, name))
         .collect();
     out.sort();
     out.dedup();
     out
+}
+
+/// Whether `service` has instances of its own (not proxies or gateways) in `datacenter`: an
+/// exported service without any has no ingress resources.
+pub fn has_local_instances(snapshot: &Snapshot, datacenter: &str, service: &str) -> bool {
+    snapshot
+        .instances(datacenter, service)
+        .iter()
+        .any(|i| i.kind == crate::model::ServiceKind::Typical)
 }
 
 fn ads() -> ConfigSource {

@@ -138,68 +138,93 @@ pub fn ingress_listener(
     services: &[String],
     settings: &Settings,
 ) -> Option<Listener> {
-    let gws = gateways(snapshot, dc, GatewayRole::Ingress);
-    let (address, port) = bind_address(&gws)?;
-    let td = &settings.trust_domain;
+    let bind = bind_address(&gateways(snapshot, dc, GatewayRole::Ingress))?;
+    let index = Consumers::index(&snapshot.entries);
     let mut chains = Vec::new();
     for service in services {
-        let protocol = snapshot.entries.protocol(service);
-        let consumers = Consumers::exported(&snapshot.entries, service);
-        for sni in ingress_chain_names(snapshot, service, dc, td) {
-            let filters = if protocol.is_l7() {
-                let rbac = http_rbac(
-                    &snapshot.entries,
-                    service,
-                    td,
-                    &consumers,
-                    settings.default_policy,
-                );
-                vec![http_connection_manager(
-                    &format!("ingress.{service}"),
-                    &sni,
-                    vec![rbac],
-                    true,
-                )]
-            } else {
-                vec![
-                    network_rbac(
-                        &snapshot.entries,
-                        service,
-                        td,
-                        &consumers,
-                        settings.default_policy,
-                    ),
-                    tcp_proxy(&format!("ingress.{service}"), &sni),
-                ]
-            };
-            let alpn: &[&str] = match protocol {
-                Protocol::Tcp => &[],
-                Protocol::Http => &["http/1.1"],
-                Protocol::Http2 | Protocol::Grpc => &["h2", "http/1.1"],
-            };
-            chains.push(FilterChain {
-                name: sni.clone(),
-                filter_chain_match: Some(FilterChainMatch {
-                    server_names: vec![sni],
-                    transport_protocol: "tls".into(),
-                    ..Default::default()
-                }),
-                filters,
-                transport_socket: Some(super::tls::downstream(service, alpn)),
-                ..Default::default()
-            });
-        }
+        let consumers = index
+            .get(service.as_str())
+            .cloned()
+            .unwrap_or_else(Consumers::none);
+        chains.extend(ingress_chains(snapshot, dc, service, &consumers, settings));
     }
+    ingress_listener_of(&bind, chains)
+}
+
+/// The ingress listener bound at `bind` (from [`bind_address`]) with `chains`; none without
+/// a chain.
+pub fn ingress_listener_of(bind: &(String, u16), chains: Vec<FilterChain>) -> Option<Listener> {
     if chains.is_empty() {
         return None;
     }
+    let (address, port) = bind;
     Some(Listener {
         name: format!("ingress:{address}:{port}"),
-        address: Some(socket_address(&address, port)),
+        address: Some(socket_address(address, *port)),
         listener_filters: vec![tls_inspector()],
         filter_chains: chains,
         ..Default::default()
     })
+}
+
+/// The filter chains of one exported service on its datacenter's ingress gateway: one per
+/// SNI of [`ingress_chain_names`]. They depend on the service's own entries (service-defaults,
+/// resolver, intentions), the `*` intentions, proxy-defaults and its consumers, nothing else.
+pub fn ingress_chains(
+    snapshot: &Snapshot,
+    dc: &str,
+    service: &str,
+    consumers: &Consumers,
+    settings: &Settings,
+) -> Vec<FilterChain> {
+    let td = &settings.trust_domain;
+    let protocol = snapshot.entries.protocol(service);
+    let mut chains = Vec::new();
+    for sni in ingress_chain_names(snapshot, service, dc, td) {
+        let filters = if protocol.is_l7() {
+            let rbac = http_rbac(
+                &snapshot.entries,
+                service,
+                td,
+                consumers,
+                settings.default_policy,
+            );
+            vec![http_connection_manager(
+                &format!("ingress.{service}"),
+                &sni,
+                vec![rbac],
+                true,
+            )]
+        } else {
+            vec![
+                network_rbac(
+                    &snapshot.entries,
+                    service,
+                    td,
+                    consumers,
+                    settings.default_policy,
+                ),
+                tcp_proxy(&format!("ingress.{service}"), &sni),
+            ]
+        };
+        let alpn: &[&str] = match protocol {
+            Protocol::Tcp => &[],
+            Protocol::Http => &["http/1.1"],
+            Protocol::Http2 | Protocol::Grpc => &["h2", "http/1.1"],
+        };
+        chains.push(FilterChain {
+            name: sni.clone(),
+            filter_chain_match: Some(FilterChainMatch {
+                server_names: vec![sni],
+                transport_protocol: "tls".into(),
+                ..Default::default()
+            }),
+            filters,
+            transport_socket: Some(super::tls::downstream(service, alpn)),
+            ..Default::default()
+        });
+    }
+    chains
 }
 
 /// The datacenters an egress gateway of `dc` routes to: every other one with an ingress

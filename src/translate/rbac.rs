@@ -33,7 +33,7 @@
 //! `HashMap`, so the filter's config is encoded here with the policies in name order: the same
 //! input gives byte-identical bytes.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use envoy_types::pb::envoy::config::listener::v3::Filter;
 use envoy_types::pb::envoy::config::listener::v3::filter::ConfigType as FilterConfig;
@@ -77,6 +77,30 @@ pub enum Consumers {
 }
 
 impl Consumers {
+    /// Nobody (a service the exported-services entry does not name).
+    pub fn none() -> Consumers {
+        Consumers::Datacenters(BTreeSet::new())
+    }
+
+    /// [`Consumers::exported`] of every service the exported-services entry names, in one
+    /// pass over the entry.
+    pub fn index(entries: &ConfigEntries) -> HashMap<&str, Consumers> {
+        let mut out: HashMap<&str, BTreeSet<String>> = HashMap::new();
+        if let Some(exported) = &entries.exported_services {
+            for s in &exported.entry.services {
+                out.entry(s.name.as_str()).or_default().extend(
+                    s.consumers
+                        .iter()
+                        .filter(|c| !c.peer.is_empty())
+                        .map(|c| c.peer.clone()),
+                );
+            }
+        }
+        out.into_iter()
+            .map(|(name, dcs)| (name, Consumers::Datacenters(dcs)))
+            .collect()
+    }
+
     /// The consumers the `exported-services` entry gives `service`: its consumers' `Peer`
     /// names, which name datacenters in meshgate. A service not exported has none.
     pub fn exported(entries: &ConfigEntries, service: &str) -> Consumers {

@@ -10,16 +10,34 @@
 //! before it is accepted (`INSTA_UPDATE=always cargo test ... translate`, then read the
 //! `.snap` files, or `cargo insta review`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
 
 use super::*;
 use crate::ca::{CaConfig, CertManager};
+use crate::model::Instance;
 use crate::model::intentions::DefaultPolicy;
-use crate::xds::canonical::decode_any;
 use crate::xds::{GroupKey, ResourceType, Role, TypeUpdate};
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::clusters::aggregate::v3::ClusterConfig as AggregateClusterConfig;
+use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::tls_inspector::v3::TlsInspector;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
+use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
+use envoy_types::pb::envoy::extensions::filters::network::sni_cluster::v3::SniCluster;
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::TcpProxy;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+    DownstreamTlsContext, Secret, UpstreamTlsContext,
+};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::HttpProtocolOptions;
+use envoy_types::pb::google::protobuf::Struct;
+use prost::Name;
 
 const TD: &str = "11111111-2222-3333-4444-555555555555.consul";
 
@@ -448,6 +466,30 @@ const TYPES: [ResourceType; 4] = [
 /// renders the resources of the types in `show` (and the secrets' names).
 fn golden(snapshot: &Snapshot, group: &GroupKey, show: &[ResourceType]) -> String {
     let update = translate(snapshot, group, &settings());
+    // A version is the hash of the encoding (xds::resource): translating the same snapshot
+    // again must give every resource the same version. A proto map of two or more entries
+    // built from a `HashMap` would not (its order is random per map), nearly surely within
+    // these rounds.
+    let versions = |u: &Update| -> Vec<(ResourceType, String, String)> {
+        u.types()
+            .iter()
+            .flat_map(|(ty, u)| match u {
+                TypeUpdate::Replace(entries) => entries
+                    .iter()
+                    .map(|e| (*ty, e.name.to_string(), e.version.to_string()))
+                    .collect::<Vec<_>>(),
+                TypeUpdate::Patch { .. } => panic!("translate patches {ty}"),
+            })
+            .collect()
+    };
+    let first = versions(&update);
+    for _ in 0..8 {
+        assert_eq!(
+            versions(&translate(snapshot, group, &settings())),
+            first,
+            "a translation encodes differently from one run to the next"
+        );
+    }
     let mut resources: Vec<(ResourceType, String, Node)> = Vec::new();
     for (ty, u) in update.types() {
         let TypeUpdate::Replace(entries) = u else {
@@ -1218,4 +1260,290 @@ Failover:
         ),
     ]);
     insta::assert_snapshot!("sidecar_failover", golden(&s, &sidecar_group(), &TYPES));
+}
+
+// ---- incremental ingress translation ------------------------------------------------------
+
+/// A store's resources of the gateway types, as (type, name) → version.
+fn published(
+    store: &crate::xds::Store,
+    group: &GroupKey,
+) -> BTreeMap<(ResourceType, String), String> {
+    let state = store.current(group).expect("the group was published");
+    let mut out = BTreeMap::new();
+    for ty in [
+        ResourceType::Cluster,
+        ResourceType::Endpoint,
+        ResourceType::Listener,
+        ResourceType::Route,
+    ] {
+        for (name, e) in &state.set(ty).resources {
+            out.insert((ty, name.to_string()), e.version.to_string());
+        }
+    }
+    out
+}
+
+const INCR_EXPORTS: &str = r#"
+Kind = "exported-services"
+Name = "default"
+Services = [
+  { Name = "db",  Consumers = [{ Peer = "dc2" }] },
+  { Name = "api", Consumers = [{ Peer = "dc2" }, { Peer = "dc3" }] },
+  { Name = "web", Consumers = [{ Peer = "dc2" }] },
+]
+"#;
+
+fn incr_instance(service: &str, n: u32, status: &str) -> String {
+    format!(
+        "Datacenter: dc1\nNode: dc1-{service}-{n}\nAddress: 10.1.{n}.{}\nService: {{ID: {service}-{n}, Service: {service}, Port: 8080, Meta: {{version: v{n}}}}}\nChecks:\n  - {{CheckID: {service}-{n}-alive, ServiceID: {service}-{n}, Status: {status}}}\n",
+        service.len()
+    )
+}
+
+/// The incremental translation leaves the store exactly as a full translation of the same
+/// snapshot would, through a sequence of changes to every kind of input, and translates again
+/// only the services a change concerns.
+#[test]
+fn incremental_ingress_matches_full_translation() {
+    use crate::metrics::Metrics;
+    use crate::xds::{Debounce, Store};
+    use std::collections::BTreeMap as Files;
+
+    let mut files: Files<&str, String> = Files::new();
+    files.insert("gateways.yaml", DC1_INGRESS.to_owned());
+    for service in ["db", "api", "web"] {
+        for n in 1..=2 {
+            files.insert(
+                Box::leak(format!("{service}-{n}.yaml").into_boxed_str()),
+                incr_instance(service, n, "passing"),
+            );
+        }
+    }
+    files.insert("exports.hcl", INCR_EXPORTS.to_owned());
+    files.insert(
+        "defaults.hcl",
+        "Kind = \"service-defaults\"\nName = \"api\"\nProtocol = \"http\"\n".to_owned(),
+    );
+    files.insert(
+        "intentions.hcl",
+        "Kind = \"service-intentions\"\nName = \"db\"\nSources = [{ Name = \"web\", Action = \"allow\" }]\n"
+            .to_owned(),
+    );
+
+    // (what changes, the change, services translated again; None: not checked)
+    type Step = (
+        &'static str,
+        Box<dyn Fn(&mut Files<&str, String>)>,
+        Option<usize>,
+    );
+    let steps: Vec<Step> = vec![
+        ("nothing", Box::new(|_| {}), Some(0)),
+        (
+            "one instance critical",
+            Box::new(|f| {
+                f.insert("db-1.yaml", incr_instance("db", 1, "critical"));
+            }),
+            Some(1),
+        ),
+        (
+            "an intention of db",
+            Box::new(|f| {
+                f.insert("intentions.hcl", "Kind = \"service-intentions\"\nName = \"db\"\nSources = [{ Name = \"web\", Action = \"deny\" }]\n".to_owned());
+            }),
+            Some(1),
+        ),
+        (
+            "a resolver with subsets for api",
+            Box::new(|f| {
+                f.insert("resolver.hcl", "Kind = \"service-resolver\"\nName = \"api\"\nDefaultSubset = \"v1\"\nSubsets = { v1 = { Filter = \"Service.Meta.version == v1\" }, v2 = { Filter = \"Service.Meta.version == v2\" } }\n".to_owned());
+            }),
+            Some(1),
+        ),
+        (
+            "api's consumers",
+            Box::new(|f| {
+                f.insert(
+                    "exports.hcl",
+                    INCR_EXPORTS.replace(
+                        "{ Peer = \"dc2\" }, { Peer = \"dc3\" }",
+                        "{ Peer = \"dc3\" }",
+                    ),
+                );
+            }),
+            Some(1),
+        ),
+        (
+            "web no longer exported",
+            Box::new(|f| {
+                let now = f["exports.hcl"].replace(
+                    "  { Name = \"web\", Consumers = [{ Peer = \"dc2\" }] },\n",
+                    "",
+                );
+                f.insert("exports.hcl", now);
+            }),
+            Some(0),
+        ),
+        (
+            "a new exported service",
+            Box::new(|f| {
+                let now = f["exports.hcl"].replace(
+                    "\n]\n",
+                    "\n  { Name = \"cache\", Consumers = [{ Peer = \"dc2\" }] },\n]\n",
+                );
+                f.insert("exports.hcl", now);
+                f.insert("cache-1.yaml", incr_instance("cache", 1, "passing"));
+            }),
+            Some(1),
+        ),
+        (
+            "db's only instances gone",
+            Box::new(|f| {
+                f.remove("db-1.yaml");
+                f.remove("db-2.yaml");
+            }),
+            Some(0),
+        ),
+        (
+            "proxy-defaults protocol (every service)",
+            Box::new(|f| {
+                f.insert("proxy.hcl", "Kind = \"proxy-defaults\"\nName = \"global\"\nConfig { protocol = \"http\" }\n".to_owned());
+            }),
+            None,
+        ),
+        (
+            "wildcard intentions (every service)",
+            Box::new(|f| {
+                f.insert("star.hcl", "Kind = \"service-intentions\"\nName = \"*\"\nSources = [{ Name = \"web\", Action = \"allow\" }]\n".to_owned());
+            }),
+            None,
+        ),
+        (
+            "the gateway's port",
+            Box::new(|f| {
+                f.insert(
+                    "gateways.yaml",
+                    DC1_INGRESS.replace(
+                        "Port: 8443\n  TaggedAddresses",
+                        "Port: 9443\n  TaggedAddresses",
+                    ),
+                );
+            }),
+            Some(0),
+        ),
+    ];
+
+    let group = ingress("dc1");
+    let incremental = Store::new(Debounce::NONE, Arc::new(Metrics::new()));
+    let mut cache = ingress::IngressCache::default();
+    let load = |files: &Files<&str, String>| {
+        let list: Vec<(&str, &str)> = files.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        Arc::new(mesh(&list))
+    };
+    let first = load(&files);
+    let (update, stats) = cache.translate(&first, "dc1", &settings());
+    assert!(stats.full);
+    assert_eq!(stats.services_translated, 3);
+    incremental.publish(&group, update).unwrap();
+
+    for (what, change, expect_translated) in steps {
+        change(&mut files);
+        let snapshot = load(&files);
+        let (update, stats) = cache.translate(&snapshot, "dc1", &settings());
+        assert!(!stats.full, "{what}: a full translation");
+        incremental.publish(&group, update).unwrap();
+        let full = Store::new(Debounce::NONE, Arc::new(Metrics::new()));
+        full.publish(&group, translate(&snapshot, &group, &settings()))
+            .unwrap();
+        assert_eq!(
+            published(&incremental, &group),
+            published(&full, &group),
+            "{what}: the incremental translation differs from the full one"
+        );
+        if let Some(n) = expect_translated {
+            assert_eq!(
+                stats.services_translated, n,
+                "{what}: services translated again"
+            );
+        }
+    }
+    // A change of settings translates everything again.
+    let snapshot = load(&files);
+    let other = Settings {
+        default_policy: DefaultPolicy::Allow,
+        ..settings()
+    };
+    let (_, stats) = cache.translate(&snapshot, "dc1", &other);
+    assert!(stats.full);
+}
+
+/// From the Consul source, unchanged services keep their instance lists by pointer: one
+/// instance's health changes one assignment, and nothing else is encoded again.
+#[test]
+fn one_health_change_touches_one_assignment() {
+    let mut files = vec![
+        ("gateways.yaml", DC1_INGRESS.to_owned()),
+        ("exports.hcl", INCR_EXPORTS.to_owned()),
+    ];
+    for service in ["db", "api", "web"] {
+        files.push((
+            Box::leak(format!("{service}.yaml").into_boxed_str()),
+            incr_instance(service, 1, "passing"),
+        ));
+    }
+    let list: Vec<(&str, &str)> = files.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let before = mesh(&list);
+    // The next snapshot as the Consul source builds it: the same `Arc`s but for `web`.
+    let mut datacenters = before.datacenters.clone();
+    let dc1 = datacenters.get_mut("dc1").unwrap();
+    let mut web: Vec<Instance> = dc1.services["web"].to_vec();
+    web[0].checks[0].status = crate::model::Health::Critical;
+    dc1.services.insert("web".into(), Arc::from(web));
+    let after = Snapshot {
+        generation: 2,
+        local_datacenter: before.local_datacenter.clone(),
+        datacenters,
+        entries: before.entries.clone(),
+        ca_roots: None,
+    };
+    let mut cache = ingress::IngressCache::default();
+    let (_, stats) = cache.translate(&Arc::new(before), "dc1", &settings());
+    assert_eq!(stats.services_translated, 3);
+    let (update, stats) = cache.translate(&Arc::new(after), "dc1", &settings());
+    assert_eq!(stats.services_translated, 1);
+    assert_eq!(stats.resources_touched, 1);
+    let types: Vec<ResourceType> = update.types().iter().map(|(t, _)| *t).collect();
+    assert_eq!(types, vec![ResourceType::Endpoint]);
+}
+
+/// Decodes the payload of an `Any` of a type translation produces into its `Debug` rendering,
+/// for the golden files.
+fn decode_any(type_url: &str, bytes: &[u8]) -> Option<String> {
+    macro_rules! known {
+        ($($t:ty),* $(,)?) => {
+            $(if type_url == <$t>::type_url() {
+                return <$t>::decode(bytes).ok().map(|m| format!("{m:?}"));
+            })*
+        };
+    }
+    known!(
+        Cluster,
+        ClusterLoadAssignment,
+        Listener,
+        RouteConfiguration,
+        Secret,
+        HttpConnectionManager,
+        Router,
+        HttpRbac,
+        NetworkRbac,
+        TcpProxy,
+        TlsInspector,
+        SniCluster,
+        DownstreamTlsContext,
+        UpstreamTlsContext,
+        AggregateClusterConfig,
+        HttpProtocolOptions,
+        Struct,
+    );
+    None
 }

@@ -1,5 +1,15 @@
-//! A resource as the store keeps it: encoded once, versioned from its canonical form, shared
+//! A resource as the store keeps it: encoded once, versioned from its encoding, shared
 //! (`Arc`) by every group state and every stream that sends it.
+//!
+//! **Versions (R17, R28).** A resource's version is the XXH3-64 hash of its protobuf
+//! encoding, so equal content has equal versions across publishes, restarts and replicas —
+//! provided the encoding is deterministic. prost encodes every field in a fixed order except
+//! proto `map<>` fields, which envoy-types generates as `HashMap` (random iteration order per
+//! map instance). Publishers therefore never put two or more entries in such a map: where
+//! Envoy takes a map of many entries (RBAC policies) translation encodes it itself in key
+//! order (`translate::rbac`), and single-entry maps (`typed_extension_protocol_options`) have
+//! one order. Every golden translation test (`translate::tests::golden`) translates its mesh
+//! nine times and compares every version, which catches a map that breaks the rule.
 
 use std::fmt;
 use std::sync::Arc;
@@ -18,7 +28,6 @@ use envoy_types::pb::envoy::service::discovery::v3::Resource;
 use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 
-use super::canonical;
 use super::types::ResourceType;
 
 /// A typed Envoy resource meshgate can publish.
@@ -115,11 +124,17 @@ impl XdsResource for Secret {
     }
 }
 
+/// The version of an encoded resource: 16 hex digits of the XXH3-64 hash of its bytes. Short
+/// on purpose: it travels in every delta response and every ACK.
+pub fn version_of_encoding(bytes: &[u8]) -> String {
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes))
+}
+
 /// One encoded, versioned resource. Immutable; shared by `Arc`.
 pub struct Entry {
     pub ty: ResourceType,
     pub name: Arc<str>,
-    /// Stable content version (see [`canonical`]).
+    /// Stable content version: the hash of the encoding (see the module documentation).
     pub version: Arc<str>,
     /// The encoded `envoy.service.discovery.v3.Resource` (name, version, Any) that a delta
     /// response carries as one element of `resources`.
@@ -135,10 +150,11 @@ impl Entry {
     /// stream that sends it copies these bytes.
     pub fn new<R: XdsResource>(resource: &R) -> Arc<Entry> {
         let name: Arc<str> = Arc::from(resource.resource_name());
-        let version: Arc<str> = Arc::from(canonical::version_of(resource));
+        let value = resource.encode_to_vec();
+        let version: Arc<str> = Arc::from(version_of_encoding(&value));
         let any = Any {
             type_url: R::TYPE.type_url().to_owned(),
-            value: resource.encode_to_vec(),
+            value,
         };
         let sotw = Bytes::from(any.encode_to_vec());
         let delta = Bytes::from(
@@ -206,6 +222,82 @@ mod tests {
             cla
         );
         assert_eq!(r.resource.unwrap(), any);
+    }
+
+    fn cla(name: &str, ports: &[u32]) -> ClusterLoadAssignment {
+        use envoy_types::pb::envoy::config::core::v3::socket_address::PortSpecifier;
+        use envoy_types::pb::envoy::config::core::v3::{Address, SocketAddress, address};
+        use envoy_types::pb::envoy::config::endpoint::v3::{
+            Endpoint, LbEndpoint, LocalityLbEndpoints, lb_endpoint::HostIdentifier,
+        };
+        let lb_endpoints = ports
+            .iter()
+            .map(|p| LbEndpoint {
+                host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                    address: Some(Address {
+                        address: Some(address::Address::SocketAddress(SocketAddress {
+                            address: "10.0.0.1".into(),
+                            port_specifier: Some(PortSpecifier::PortValue(*p)),
+                            ..Default::default()
+                        })),
+                    }),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })
+            .collect();
+        ClusterLoadAssignment {
+            cluster_name: name.into(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn equal_content_built_twice_has_one_version() {
+        let a = Entry::new(&cla("web", &[1, 2, 3]));
+        let b = Entry::new(&cla("web", &[1, 2, 3]));
+        assert_eq!(a.version, b.version);
+        assert_eq!(a.version.len(), 16, "{}", a.version);
+        assert!(a.version.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn any_content_change_changes_the_version() {
+        let base = Entry::new(&cla("web", &[1, 2, 3]));
+        for other in [
+            cla("web", &[1, 2, 4]),
+            cla("web", &[1, 2]),
+            cla("web", &[3, 2, 1]), // repeated fields keep their order: a change
+            cla("api", &[1, 2, 3]),
+        ] {
+            assert_ne!(Entry::new(&other).version, base.version, "{other:?}");
+        }
+    }
+
+    /// Why publishers keep maps to one entry: two equal maps of many entries encode in
+    /// different orders, so their versions differ.
+    #[test]
+    fn a_map_of_many_entries_encodes_in_random_order() {
+        use envoy_types::pb::envoy::config::core::v3::Metadata;
+        use envoy_types::pb::google::protobuf::Struct;
+        let build = || Cluster {
+            name: "web".into(),
+            metadata: Some(Metadata {
+                filter_metadata: (0..32)
+                    .map(|i| (format!("key-{i}"), Struct::default()))
+                    .collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (a, b) = (build(), build());
+        assert_eq!(a, b);
+        // The chance that two random orders of 32 keys agree is 1/32!.
+        assert_ne!(Entry::new(&a).version, Entry::new(&b).version);
     }
 
     #[test]

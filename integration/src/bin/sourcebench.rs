@@ -38,6 +38,9 @@ struct Args {
     /// Seconds of idle to measure.
     #[arg(long, default_value_t = 10)]
     idle_seconds: u64,
+    /// Run only the translation benchmark (to profile it).
+    #[arg(long)]
+    translation_only: bool,
 }
 
 fn write_services(dir: &Path, services: usize, instances: usize) {
@@ -148,6 +151,10 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = Args::parse();
+    if args.translation_only {
+        translation(10_000, 10).print();
+        return;
+    }
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(dir.path().join("services")).unwrap();
@@ -261,7 +268,7 @@ async fn main() {
 
     // 4. Translation: 10,000 services x 10 instances (100,000 endpoints), all exported, one
     // ingress group; then the same after one instance's health changed.
-    let (translate_full_s, translate_change_s, resources, changed) = translation(10_000, 10);
+    let translated = translation(10_000, 10);
 
     let commit = integration::git_commit();
     println!(
@@ -290,17 +297,7 @@ async fn main() {
         "    + one rescan per 30 s (the default):        {:>8.2} % of a core",
         digest_s / 30.0 * 100.0
     );
-    println!(
-        "  translation: 10000 services x 10 instances, all exported, one ingress group ({resources} resources)"
-    );
-    println!(
-        "    full translation + encoding into the store:  {:>8.1} ms",
-        translate_full_s * 1e3
-    );
-    println!(
-        "    after one health change (whole group again):  {:>8.1} ms, {changed} resource(s) changed",
-        translate_change_s * 1e3
-    );
+    translated.print();
     println!("  consul (test double):");
     println!(
         "    first sync to a snapshot:                   {:>8.1} ms",
@@ -321,8 +318,7 @@ async fn main() {
         "commit": commit,
         "workload": {"services": args.services, "instances": args.instances, "entries": args.entries, "files": files},
         "directory": {"read_ms": read_s * 1e3, "rescan_digest_ms": digest_s * 1e3, "idle_cpu_percent": dir_idle * 100.0, "rescan_cpu_percent_at_30s": digest_s / 30.0 * 100.0},
-        "translation": {"services": 10_000, "endpoints": 100_000, "resources": resources,
-                        "full_ms": translate_full_s * 1e3, "one_change_ms": translate_change_s * 1e3, "changed_resources": changed},
+        "translation": translated.json(),
         "consul": {"first_sync_ms": first_sync_s * 1e3, "health_change_ms": change_s * 1e3,
                    "health_requests_changed_service": own_health, "health_requests_other_services": other_health,
                    "idle_cpu_percent": consul_idle * 100.0},
@@ -336,12 +332,69 @@ async fn main() {
     .unwrap();
 }
 
+/// Figures of the translation benchmark.
+struct Translated {
+    services: usize,
+    resources: usize,
+    /// First translation (nothing cached) and its publish.
+    full_s: f64,
+    /// One instance's health changed, the other services' instance lists kept by pointer
+    /// (as the Consul source delivers a change); translation and publish.
+    change_s: f64,
+    change_services: usize,
+    change_touched: usize,
+    /// The same change in a snapshot built afresh, as the directory source delivers every
+    /// change: the source's sharing of unchanged lists (compared by value), then translation
+    /// and publish.
+    share_s: f64,
+    reread_s: f64,
+    reread_services: usize,
+    reread_touched: usize,
+}
+
+impl Translated {
+    fn print(&self) {
+        println!(
+            "  translation: {} services x 10 instances, all exported, one ingress group ({} resources)",
+            self.services, self.resources
+        );
+        println!(
+            "    full translation + encoding into the store:  {:>8.1} ms",
+            self.full_s * 1e3
+        );
+        println!(
+            "    one health change (Consul: others by pointer): {:>8.2} ms, {} service(s) translated, {} resource(s) touched",
+            self.change_s * 1e3,
+            self.change_services,
+            self.change_touched
+        );
+        println!(
+            "    same change, directory re-read: sharing unchanged lists {:.1} ms (in the source), then {:.2} ms, {} service(s) translated, {} resource(s) touched",
+            self.share_s * 1e3,
+            self.reread_s * 1e3,
+            self.reread_services,
+            self.reread_touched
+        );
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({"services": self.services, "endpoints": self.services * 10, "resources": self.resources,
+            "full_ms": self.full_s * 1e3,
+            "one_change_ms": self.change_s * 1e3, "one_change_services_translated": self.change_services,
+            "one_change_resources_touched": self.change_touched,
+            "reread_share_ms": self.share_s * 1e3, "reread_change_ms": self.reread_s * 1e3, "reread_services_translated": self.reread_services,
+            "reread_resources_touched": self.reread_touched})
+    }
+}
+
 /// Times translating (and encoding into a store) one ingress group of `services` exported
-/// services, then again after one instance turned critical. Returns (full s, change s,
-/// resources, resources changed by the second publish).
-fn translation(services: usize, instances: usize) -> (f64, f64, usize, usize) {
-    use meshgate::model::{Check, Health, Instance, Node, ServiceKind, SnapshotBuilder, Weights};
-    use meshgate::translate::{Settings, translate};
+/// services, then the change of one instance's health, delivered both ways a source does.
+fn translation(services: usize, instances: usize) -> Translated {
+    use meshgate::model::{
+        Check, Health, Instance, Node, ServiceKind, Snapshot, SnapshotBuilder, Weights,
+    };
+    use meshgate::translate::Settings;
+    use meshgate::translate::ingress::IngressCache;
     use meshgate::xds::{Debounce, GroupKey, ResourceType, Role, Store};
     let build = |critical: bool| {
         let mut files: Vec<(String, String)> = vec![(
@@ -406,38 +459,70 @@ fn translation(services: usize, instances: usize) -> (f64, f64, usize, usize) {
         default_policy: meshgate::model::intentions::DefaultPolicy::Deny,
     };
     let group = GroupKey::new(Role::Ingress, "dc1", None);
-    let store = Store::new(Debounce::NONE, Arc::new(Metrics::new()));
-    let (before, after) = (build(false), build(true));
+    let before = Arc::new(build(false));
+    // The change as the directory source delivers it: a snapshot read afresh, whose unchanged
+    // instance lists the source replaces with the previous snapshot's (compared by value).
+    let mut reread = build(true);
     let started = Instant::now();
-    let update = translate(&before, &group, &settings);
-    let translate_only = started.elapsed().as_secs_f64();
-    store.publish(&group, update).unwrap();
-    let full = started.elapsed().as_secs_f64();
-    println!(
-        "  translation split: translate() (builds, encodes and versions each resource) {:.1} ms, store publish (diff) {:.1} ms",
-        translate_only * 1e3,
-        (full - translate_only) * 1e3
+    let shared = reread.share_unchanged(&before);
+    let share_s = started.elapsed().as_secs_f64();
+    assert_eq!(
+        shared, services,
+        "every list but the changed one, plus the gateway's"
     );
-    let state = store.current(&group).unwrap();
-    let resources: usize = ResourceType::ADD_ORDER
-        .iter()
-        .map(|t| state.set(*t).len())
-        .sum();
-    let generation = state.generation;
-    let started = Instant::now();
-    store
-        .publish(&group, translate(&after, &group, &settings))
-        .unwrap();
-    let change = started.elapsed().as_secs_f64();
-    let state = store.current(&group).unwrap();
-    let changed = state
-        .changed_since(ResourceType::Endpoint, generation)
-        .map_or(0, |c| c.count())
-        + state
-            .changed_since(ResourceType::Cluster, generation)
-            .map_or(0, |c| c.count())
-        + state
-            .changed_since(ResourceType::Listener, generation)
-            .map_or(0, |c| c.count());
-    (full, change, resources, changed)
+    let reread = Arc::new(reread);
+    // The change as the Consul source delivers it: every other list by pointer.
+    let by_pointer = {
+        let mut datacenters = before.datacenters.clone();
+        let dc1 = datacenters.get_mut("dc1").unwrap();
+        let changed = reread.datacenter("dc1").unwrap().services["svc-00007"].clone();
+        dc1.services.insert("svc-00007".into(), changed);
+        Arc::new(Snapshot {
+            generation: 2,
+            local_datacenter: before.local_datacenter.clone(),
+            datacenters,
+            entries: before.entries.clone(),
+            ca_roots: None,
+        })
+    };
+    let run = |next: &Arc<Snapshot>| {
+        let store = Store::new(Debounce::NONE, Arc::new(Metrics::new()));
+        let mut cache = IngressCache::default();
+        let started = Instant::now();
+        let (update, first) = cache.translate(&before, "dc1", &settings);
+        store.publish(&group, update).unwrap();
+        let full_s = started.elapsed().as_secs_f64();
+        assert!(first.full);
+        let state = store.current(&group).unwrap();
+        let resources: usize = ResourceType::ADD_ORDER
+            .iter()
+            .map(|t| state.set(*t).len())
+            .sum();
+        let started = Instant::now();
+        let (update, stats) = cache.translate(next, "dc1", &settings);
+        let translated = started.elapsed();
+        store.publish(&group, update).unwrap();
+        let total = started.elapsed();
+        if std::env::var_os("SOURCEBENCH_SPLIT").is_some() {
+            println!(
+                "    (translate {translated:?}, publish {:?})",
+                total - translated
+            );
+        }
+        (full_s, total.as_secs_f64(), stats, resources)
+    };
+    let (full_s, change_s, change, resources) = run(&by_pointer);
+    let (_, reread_s, reread_stats, _) = run(&reread);
+    Translated {
+        services,
+        resources,
+        full_s,
+        change_s,
+        change_services: change.services_translated,
+        change_touched: change.resources_touched,
+        share_s,
+        reread_s,
+        reread_services: reread_stats.services_translated,
+        reread_touched: reread_stats.resources_touched,
+    }
 }

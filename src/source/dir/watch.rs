@@ -40,6 +40,8 @@ pub struct DirSource {
     metrics: Arc<Metrics>,
     /// Digest of the last state read (accepted or refused): the same files are not read twice.
     last_digest: Arc<Mutex<u64>>,
+    /// The last accepted snapshot: a new one shares its unchanged instance lists.
+    last: Arc<Mutex<Option<Arc<Snapshot>>>>,
 }
 
 impl DirSource {
@@ -60,6 +62,7 @@ impl DirSource {
             })),
             metrics,
             last_digest: Arc::new(Mutex::new(0)),
+            last: Arc::new(Mutex::new(None)),
         };
         match source.reload(1) {
             Reload::Accepted(snapshot) => Ok((source, snapshot)),
@@ -96,15 +99,25 @@ impl DirSource {
         status.files = loaded.files;
         status.documents = loaded.documents;
         status.counts = loaded.snapshot.counts();
+        let (services, instances) = (status.counts.services, status.counts.instances);
+        drop(status);
+        let mut snapshot = loaded.snapshot;
+        let mut last = self.last.lock();
+        if let Some(prev) = last.as_ref() {
+            snapshot.share_unchanged(prev);
+        }
+        let snapshot = Arc::new(snapshot);
+        *last = Some(snapshot.clone());
+        drop(last);
         info!(
             generation,
             files = loaded.files,
-            services = status.counts.services,
-            instances = status.counts.instances,
+            services,
+            instances,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "config directory read"
         );
-        Reload::Accepted(Arc::new(loaded.snapshot))
+        Reload::Accepted(snapshot)
     }
 
     /// Starts watching the directory (before returning, so no change made after this call
