@@ -26,6 +26,11 @@
 //! - Unknown config entry kind: 400 `invalid config entry kind: <kind>` (Consul's text; a real
 //!   server may answer it with 500, as it does for untyped RPC errors).
 //! - Config entries are one set shared by every datacenter (`?dc=` is validated only).
+//! - A datacenter made unreachable ([`ConsulDouble::set_unreachable`]) stays in
+//!   `/v1/catalog/datacenters` (as a WAN member whose servers all failed stays listed until
+//!   it is reaped) and every query with its `?dc=` answers 500 `No path to datacenter` (the
+//!   text of Consul's `structs.ErrNoDCPath`, which its RPC router returns when no server of
+//!   that datacenter is healthy).
 //! - Error responses (400/403/404 routes/405/500) are `text/plain` without `X-Consul-Index`,
 //!   as Consul's are; every endpoint answer (200, and the 404s of a missing config entry or
 //!   leaf) carries `X-Consul-Index` (at least 1), `X-Consul-KnownLeader: true`,
@@ -138,6 +143,8 @@ struct Faults {
     fail_status: u16,
     fail_count: usize,
     delay: Duration,
+    /// Datacenters whose `?dc=` queries fail (see [`ConsulDouble::set_unreachable`]).
+    unreachable: BTreeSet<String>,
 }
 
 struct StateData {
@@ -285,6 +292,18 @@ impl ConsulDouble {
         let mut f = lock(&self.shared.faults);
         f.fail_status = status;
         f.fail_count = count;
+    }
+
+    /// Makes `datacenter` unreachable (`true`) or reachable again: while unreachable it is
+    /// still listed, and every query naming it with `?dc=` answers 500 `No path to
+    /// datacenter`. Queries already blocked answer as usual when they return.
+    pub fn set_unreachable(&self, datacenter: &str, unreachable: bool) {
+        let mut f = lock(&self.shared.faults);
+        if unreachable {
+            f.unreachable.insert(datacenter.to_string());
+        } else {
+            f.unreachable.remove(datacenter);
+        }
     }
 
     /// Delays every response by `delay` (before any blocking wait).
@@ -1194,6 +1213,11 @@ async fn handle(
         Ok(o) => o,
         Err((status, body)) => return text(status, body),
     };
+    if let Some(dc) = &opts.dc
+        && lock(&shared.faults).unreachable.contains(dc)
+    {
+        return text(500, "No path to datacenter");
+    }
     serve(&shared, route, opts).await
 }
 

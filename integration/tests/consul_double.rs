@@ -237,6 +237,18 @@ async fn second_datacenter() {
     );
     let a = get(&c, "/v1/health/service/web?dc=dc9").await;
     assert_eq!((a.status, a.text.as_str()), (500, "No path to datacenter"));
+    // An unreachable datacenter stays listed; queries naming it fail, and recover.
+    c.set_unreachable("dc2", true);
+    assert_eq!(
+        get(&c, "/v1/catalog/datacenters").await.json(),
+        json!(["dc1", "dc2"])
+    );
+    let a = get(&c, "/v1/health/service/mesh-gateway?dc=dc2").await;
+    assert_eq!((a.status, a.text.as_str()), (500, "No path to datacenter"));
+    assert_eq!(get(&c, "/v1/health/service/web").await.status, 200);
+    c.set_unreachable("dc2", false);
+    let a = get(&c, "/v1/health/service/mesh-gateway?dc=dc2").await;
+    assert_eq!(a.json()[0]["Node"]["Datacenter"], "dc2");
     // The local datacenter is listed even with nothing in it.
     let c2 = ConsulDouble::start("east");
     assert_eq!(

@@ -2,7 +2,8 @@
 //! holds reaches an xDS stream; a health flip changes one assignment; Consul going away
 //! leaves the last snapshot serving and says so (`stale`), and recovery is automatic; the
 //! ACL token is sent; a 403 is reported naming the endpoint; a config entry Consul serves but
-//! that breaks a rule is refused as a whole.
+//! that breaks a rule is refused as a whole; a sidecar's failover across datacenters follows
+//! the health of the remote instances.
 //!
 //! Durations here are generous upper bounds for "this arrives", never measurements.
 
@@ -13,7 +14,7 @@ use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use integration::app::App;
 use integration::client::{DeltaClient, names};
 use integration::consul_double::ConsulDouble;
-use integration::fixtures::node;
+use integration::fixtures::{node, node_with};
 use meshgate::xds::ResourceType;
 use prost::Message;
 use serde_json::{Value, json};
@@ -23,6 +24,10 @@ const SOON: Duration = Duration::from_secs(20);
 
 fn sni(service: &str) -> String {
     format!("{service}.default.dc1.internal.{TD}")
+}
+
+fn sni_in(service: &str, dc: &str) -> String {
+    format!("{service}.default.{dc}.internal.{TD}")
 }
 
 fn web(node: &str, port: u16, status: &str) -> Value {
@@ -232,6 +237,188 @@ async fn a_broken_entry_in_consul_is_refused_and_the_last_snapshot_serves() {
         let s = status(app).await;
         s["errors"].as_array().is_some_and(|e| e.is_empty())
             && s["generation"].as_u64() > Some(generation)
+    })
+    .await;
+}
+
+/// `web`'s sidecar in dc1, with an upstream to `api` in dc2 (or none).
+fn web_sidecar(upstream: bool) -> Value {
+    let upstreams = if upstream {
+        json!([{"DestinationName": "api", "Datacenter": "dc2", "LocalBindPort": 9191}])
+    } else {
+        json!([])
+    };
+    json!({
+        "Node": "n1",
+        "Address": "10.0.0.1",
+        "Service": {
+            "Kind": "connect-proxy", "ID": "web-sidecar-proxy", "Service": "web-sidecar-proxy",
+            "Port": 21000,
+            "Proxy": {"DestinationServiceName": "web", "Upstreams": upstreams}
+        }
+    })
+}
+
+fn api_in(dc: &str, node: &str) -> Value {
+    json!({
+        "Datacenter": dc,
+        "Node": node,
+        "Address": "10.9.0.1",
+        "Service": {"ID": "api", "Service": "api", "Port": 8080},
+        "Checks": [{"CheckID": "api-alive", "Status": "passing", "ServiceID": "api"}]
+    })
+}
+
+/// The endpoint health of the last assignment received of each cluster of a stream.
+type Seen = std::collections::BTreeMap<String, Vec<i32>>;
+
+/// Receives (ACKing everything, recording assignments in `seen`) until the endpoint health
+/// last seen of `names`, in that order, is `expected`.
+async fn health_becomes(
+    client: &mut DeltaClient,
+    seen: &mut Seen,
+    names: &[&str],
+    expected: &[Vec<i32>],
+) {
+    let current = |seen: &Seen| -> Vec<Vec<i32>> {
+        names
+            .iter()
+            .map(|n| seen.get(*n).cloned().unwrap_or_default())
+            .collect()
+    };
+    let deadline = tokio::time::Instant::now() + SOON;
+    while current(seen) != expected {
+        let r = match tokio::time::timeout_at(deadline, client.try_recv()).await {
+            Ok(Ok(r)) => r,
+            failed => panic!(
+                "the health of {names:?} never became {expected:?} within {SOON:?} \
+                 ({failed:?}); last: {:?}",
+                current(seen)
+            ),
+        };
+        client.ack(&r).await;
+        if r.type_url != ResourceType::Endpoint.type_url() {
+            continue;
+        }
+        for res in &r.resources {
+            let any = res.resource.as_ref().expect("a resource body");
+            let cla = ClusterLoadAssignment::decode(&any.value[..]).unwrap();
+            seen.insert(res.name.clone(), health(&cla));
+        }
+    }
+}
+
+#[tokio::test]
+async fn failover_to_a_remote_datacenter_follows_its_health() {
+    let consul = ConsulDouble::start("dc1");
+    seed(&consul);
+    // dc1: an egress gateway (the way to other datacenters) and `web`'s sidecar, whose
+    // upstream `api` lives in dc2 and fails over to dc3.
+    consul.register(json!({
+        "Node": "gw-a",
+        "Address": "10.0.0.9",
+        "Service": {
+            "Kind": "mesh-gateway", "ID": "egress", "Service": "egress", "Port": 8443,
+            "Meta": {"meshgate-role": "egress"}
+        }
+    }));
+    consul.register(web_sidecar(true));
+    consul.put_config_entry(json!({
+        "Kind": "service-resolver", "Name": "api",
+        "Failover": {"*": {"Datacenters": ["dc3"]}}
+    }));
+    consul.register(api_in("dc2", "api-b"));
+    consul.register(api_in("dc3", "api-c"));
+    let app = start(&consul, &[]);
+    app.wait_for(SOON, "the first snapshot from Consul", async |app| {
+        status(app).await["generation"].as_u64() >= Some(1)
+    })
+    .await;
+
+    let primary = format!("failover-target~0~{}", sni_in("api", "dc2"));
+    let secondary = format!("failover-target~1~{}", sni_in("api", "dc2"));
+    let mut client = DeltaClient::connect(
+        app.xds_addr,
+        node_with(
+            "web-1",
+            &[
+                ("role", "sidecar"),
+                ("datacenter", "dc1"),
+                ("service", "web"),
+            ],
+        ),
+    )
+    .await;
+    client.subscribe(ResourceType::Cluster, &[]).await;
+    let clusters = names(&client.recv_ack().await);
+    for name in [&sni_in("api", "dc2"), &primary, &secondary] {
+        assert!(clusters.contains(name), "{name} not in {clusters:?}");
+    }
+    client
+        .subscribe(ResourceType::Endpoint, &[&primary, &secondary])
+        .await;
+    let healthy = HealthStatus::Healthy as i32;
+    let unhealthy = HealthStatus::Unhealthy as i32;
+    // Both targets have a passing instance in their datacenter: both members healthy (each
+    // endpoint is the local egress gateway).
+    let members = [primary.as_str(), secondary.as_str()];
+    let mut seen = Seen::new();
+    health_becomes(
+        &mut client,
+        &mut seen,
+        &members,
+        &[vec![healthy], vec![healthy]],
+    )
+    .await;
+    let requests = consul.requests();
+    for dc in ["dc2", "dc3"] {
+        assert!(
+            requests
+                .iter()
+                .any(|r| r.path == "/v1/health/service/api" && r.param("dc") == Some(dc)),
+            "no /v1/health/service/api?dc={dc}"
+        );
+    }
+    let s = status(&app).await;
+    let endpoints: Vec<&str> = s["consul"]["watches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w["endpoint"].as_str())
+        .collect();
+    assert!(
+        endpoints.contains(&"/v1/health/service/api?dc=dc2"),
+        "{endpoints:?}"
+    );
+
+    // dc2's instance goes critical: the primary member turns unhealthy, so Envoy fails over;
+    // and back when it passes again.
+    consul.set_check("dc2", "api-b", "api-alive", "critical");
+    health_becomes(
+        &mut client,
+        &mut seen,
+        &members,
+        &[vec![unhealthy], vec![healthy]],
+    )
+    .await;
+    consul.set_check("dc2", "api-b", "api-alive", "passing");
+    health_becomes(
+        &mut client,
+        &mut seen,
+        &members,
+        &[vec![healthy], vec![healthy]],
+    )
+    .await;
+
+    // The upstream is removed: meshgate stops watching the remote targets.
+    consul.register(web_sidecar(false));
+    app.wait_for(SOON, "the remote api watches to stop", async |app| {
+        let s = status(app).await;
+        !s["consul"]["watches"].as_array().unwrap().iter().any(|w| {
+            w["endpoint"]
+                .as_str()
+                .is_some_and(|e| e.starts_with("/v1/health/service/api?dc="))
+        })
     })
     .await;
 }

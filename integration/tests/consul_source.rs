@@ -1,6 +1,7 @@
 //! meshgate's Consul source against the Consul test double: first sync, services coming and
 //! going, a health change re-reading only its service, index resets, Consul going away and
-//! coming back, ACL tokens and 403s, and remote datacenters' mesh gateways.
+//! coming back, ACL tokens and 403s, remote datacenters' mesh gateways, and the services of
+//! remote datacenters that local sidecars' upstreams reach (redirect, failover).
 //!
 //! Waits are short (1–2 s, 10 s where a test needs queries to stay blocked). Durations are
 //! only generous upper bounds for "this arrives"; nothing here measures speed.
@@ -483,4 +484,158 @@ async fn remote_datacenters_contribute_their_mesh_gateways() {
         !has(v, "dc2", "mesh-gateway")
     })
     .await;
+}
+
+/// `web`'s sidecar in dc1 with upstreams to `destinations` (name, datacenter).
+fn sidecar(destinations: &[(&str, &str)]) -> Value {
+    let upstreams: Vec<Value> = destinations
+        .iter()
+        .enumerate()
+        .map(|(i, (name, dc))| {
+            json!({"DestinationName": name, "Datacenter": dc, "LocalBindPort": 9191 + i})
+        })
+        .collect();
+    json!({
+        "Datacenter": "dc1",
+        "Node": "n1",
+        "Address": "10.0.0.1",
+        "Service": {
+            "Kind": "connect-proxy", "ID": "web-sidecar-proxy", "Service": "web-sidecar-proxy",
+            "Port": 21000,
+            "Proxy": {"DestinationServiceName": "web", "Upstreams": upstreams}
+        }
+    })
+}
+
+fn remote_health_requests(d: &ConsulDouble, service: &str, dc: &str) -> usize {
+    let path = format!("/v1/health/service/{service}");
+    d.requests()
+        .iter()
+        .filter(|r| r.path == path && r.param("dc") == Some(dc))
+        .count()
+}
+
+fn watched(status: &ConsulStatus, endpoint: &str) -> bool {
+    status.watches.iter().any(|w| w.endpoint == endpoint)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_targets_of_local_upstreams_are_watched_and_follow_changes() {
+    let d = populated();
+    // `web`'s sidecar reaches `db` in dc1, which fails over to dc2.
+    d.register(sidecar(&[("db", "")]));
+    d.put_config_entry(json!({
+        "Kind": "service-resolver", "Name": "db",
+        "Failover": {"*": {"Datacenters": ["dc2"]}}
+    }));
+    d.register(service("dc2", "n-dc2", "db", 5432));
+    d.register(service("dc2", "n-dc2", "unrelated", 7000));
+    d.register(service("dc3", "n-dc3", "db", 5432));
+    let mut s = start(&d, Duration::from_secs(1), None);
+    // The first view already has it: the watch started with the upstream, before the sync.
+    let first = view_where(&mut s.views, "synced", |_| true).await;
+    assert!(has(&first, "dc2", "db"), "{:?}", first.services.keys());
+    assert_eq!(health(&first, "dc2", "db")[0]["Node"]["Datacenter"], "dc2");
+    assert!(
+        !has(&first, "dc2", "unrelated"),
+        "only what an upstream reaches"
+    );
+    assert!(!has(&first, "dc3", "db"), "dc3 is not a target");
+    assert!(remote_health_requests(&d, "db", "dc2") >= 1);
+    assert_eq!(remote_health_requests(&d, "unrelated", "dc2"), 0);
+    // The local target is the local watch, not a second one with ?dc=dc1.
+    assert_eq!(remote_health_requests(&d, "db", "dc1"), 0);
+    let status = s.source.status();
+    assert!(
+        watched(&status, "/v1/health/service/db?dc=dc2"),
+        "{status:#?}"
+    );
+    assert_eq!(s.metrics.watches.get() as usize, status.watches.len());
+
+    // A remote health change arrives; an unrelated change keeps the remote answer's Arc.
+    d.set_check("dc2", "n-dc2", "db-alive", "critical");
+    let v = view_where(&mut s.views, "db@dc2 is critical", |v| {
+        has(v, "dc2", "db") && check_status(health(v, "dc2", "db"), "db-alive") == Some("critical")
+    })
+    .await;
+    let remote_db = v.services[&("dc2".to_string(), "db".to_string())].clone();
+    d.set_check("dc1", "n1", "web-alive", "warning");
+    let v = view_where(&mut s.views, "web is warning", |v| {
+        check_status(health(v, "dc1", "web"), "web-alive") == Some("warning")
+    })
+    .await;
+    assert!(Arc::ptr_eq(
+        &remote_db,
+        &v.services[&("dc2".to_string(), "db".to_string())]
+    ));
+
+    // The resolver changes: failover to dc3 instead; dc2's watch stops, dc3's starts.
+    d.put_config_entry(json!({
+        "Kind": "service-resolver", "Name": "db",
+        "Failover": {"*": {"Targets": [{"Datacenter": "dc3"}]}}
+    }));
+    view_where(&mut s.views, "db@dc3 and not db@dc2", |v| {
+        has(v, "dc3", "db") && !has(v, "dc2", "db")
+    })
+    .await;
+    status_where(&s.source, "dc3 watched, dc2 not", |st| {
+        watched(st, "/v1/health/service/db?dc=dc3") && !watched(st, "/v1/health/service/db?dc=dc2")
+    })
+    .await;
+
+    // The upstream is removed: the remote watch stops, and asks no more.
+    d.register(sidecar(&[]));
+    view_where(&mut s.views, "db@dc3 is gone", |v| !has(v, "dc3", "db")).await;
+    status_where(&s.source, "no remote db watch", |st| {
+        !watched(st, "/v1/health/service/db?dc=dc3")
+    })
+    .await;
+    d.clear_requests();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        remote_health_requests(&d, "db", "dc3"),
+        0,
+        "db@dc3 is still watched"
+    );
+    assert!(health_requests(&d, "web") >= 1, "the local watches stopped");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_remote_target_does_not_hold_the_first_view() {
+    let d = populated();
+    // An upstream straight to dc2, redirected by its resolver to dc3, which is down.
+    d.register(sidecar(&[("db", "dc2")]));
+    d.put_config_entry(json!({
+        "Kind": "service-resolver", "Name": "db", "Redirect": {"Datacenter": "dc3"}
+    }));
+    d.register(service("dc2", "n-dc2", "db", 5432));
+    d.register(service("dc3", "n-dc3", "db", 5432));
+    d.set_unreachable("dc3", true);
+    let mut s = start(&d, Duration::from_secs(1), None);
+    let first = view_where(&mut s.views, "synced", |_| true).await;
+    assert!(has(&first, "dc1", "web"));
+    assert!(!has(&first, "dc3", "db"));
+    // The redirect's end is the target, not where the upstream pointed.
+    assert!(!has(&first, "dc2", "db"));
+    let status = status_where(&s.source, "db@dc3 failing", |st| {
+        st.watches
+            .iter()
+            .any(|w| w.endpoint == "/v1/health/service/db?dc=dc3" && w.failing)
+    })
+    .await;
+    assert!(status.synced && status.stale, "{status:#?}");
+    let line = status
+        .watches
+        .iter()
+        .find(|w| w.endpoint == "/v1/health/service/db?dc=dc3")
+        .unwrap();
+    assert_eq!(
+        line.last_error.as_deref(),
+        Some("Consul answered /v1/health/service/db?dc=dc3 with 500 (No path to datacenter)")
+    );
+
+    // dc3 comes back: its instances arrive and the source is no longer stale.
+    d.set_unreachable("dc3", false);
+    view_where(&mut s.views, "db@dc3 is there", |v| has(v, "dc3", "db")).await;
+    status_where(&s.source, "not stale", |st| !st.stale).await;
 }

@@ -7,13 +7,17 @@
 //!   `/v1/health/service/:name?dc=X`;
 //! - `/v1/catalog/services` of the local datacenter, each service with
 //!   `/v1/health/service/:name`;
+//! - `/v1/health/service/:name?dc=X` for every service of a remote datacenter that an
+//!   upstream of a local sidecar can reach: its destination, through its resolver's
+//!   redirects and failovers (see [`reach`]), so that failover follows remote health;
 //! - `/v1/config/:kind` for the kinds in [`CONFIG_KINDS`], and `/v1/connect/ca/roots`.
 //!
 //! Every watch is its own task looping on blocking queries (see [`watch`] and [`pacing`]
 //! for Consul's rules: index reset, rate limit, backoff). A coordinator task owns the data:
-//! it starts and stops health watches as the catalog answers change, and builds a new view
-//! after each batch of changes. A service's health answer is kept as its own `Arc`, so an
-//! unchanged service is the same pointer in the next view.
+//! it starts and stops health watches as the catalog answers, the gateway lists, the local
+//! sidecars' upstreams and the resolvers change, and builds a new view after each batch of
+//! changes. A service's health answer is kept as its own `Arc`, so an unchanged service is
+//! the same pointer in the next view.
 //!
 //! The view is published once every watch started so far has answered (synced), then on
 //! every change. Errors keep the last good data; the source is `stale` meanwhile.
@@ -21,6 +25,7 @@
 pub(crate) mod api;
 pub mod metrics;
 pub(crate) mod pacing;
+mod reach;
 mod watch;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -131,8 +136,9 @@ pub struct ConsulView {
     /// `/v1/catalog/datacenters`, as Consul orders it.
     pub datacenters: Vec<String>,
     /// (datacenter, service) → its `/v1/health/service/:name` answer (a JSON array of
-    /// ServiceEntry). Local datacenter: every service of the catalog; remote ones: only
-    /// their mesh gateways. An unchanged service keeps the same `Arc` from view to view.
+    /// ServiceEntry). Local datacenter: every service of the catalog; remote ones: their
+    /// mesh gateways, and the services the local sidecars' upstreams can reach there. An
+    /// unchanged service keeps the same `Arc` from view to view.
     pub services: BTreeMap<(String, String), Arc<Value>>,
     /// Config entry kind → its `/v1/config/:kind` answer (a JSON array of entries).
     pub config: BTreeMap<&'static str, Arc<Value>>,
@@ -393,6 +399,11 @@ impl ConsulSource {
             active: BTreeMap::new(),
             next_id: 0,
             datacenters: Vec::new(),
+            remote_dcs: BTreeSet::new(),
+            gateways: BTreeMap::new(),
+            upstreams: BTreeMap::new(),
+            resolvers: BTreeMap::new(),
+            remote_changed: false,
             services: BTreeMap::new(),
             config: BTreeMap::new(),
             ca_roots: None,
@@ -443,6 +454,18 @@ struct Coordinator {
     active: BTreeMap<WatchKey, Running>,
     next_id: u64,
     datacenters: Vec<String>,
+    /// The datacenters of `datacenters` other than the local one: only these are asked.
+    remote_dcs: BTreeSet<String>,
+    /// Remote datacenter → its mesh gateway services (the last answer of its gateway watch).
+    gateways: BTreeMap<String, BTreeSet<String>>,
+    /// Local service → the upstream destinations of its `connect-proxy` instances (only
+    /// services that have some).
+    upstreams: BTreeMap<String, BTreeSet<reach::Destination>>,
+    /// The `service-resolver` entries, by name, as far as [`reach`] reads them.
+    resolvers: BTreeMap<String, reach::Resolver>,
+    /// `remote_dcs`, `gateways`, `upstreams` or `resolvers` changed in this batch: the
+    /// remote health watches are reconciled before the view is built.
+    remote_changed: bool,
     services: BTreeMap<(String, String), Arc<Value>>,
     config: BTreeMap<&'static str, Arc<Value>>,
     ca_roots: Option<Arc<Value>>,
@@ -474,6 +497,9 @@ impl Coordinator {
                     let mut dirty = false;
                     for event in batch.drain(..) {
                         dirty |= self.handle(event);
+                    }
+                    if std::mem::take(&mut self.remote_changed) {
+                        dirty |= self.reconcile_remote_health();
                     }
                     self.after_batch(dirty);
                 }
@@ -531,20 +557,22 @@ impl Coordinator {
                 let remote: BTreeSet<String> =
                     list.iter().filter(|dc| **dc != local).cloned().collect();
                 let mut dirty = false;
-                let running: Vec<String> = self
-                    .active
-                    .keys()
-                    .filter_map(|k| match k {
-                        WatchKey::Gateways(dc) => Some(dc.clone()),
-                        _ => None,
-                    })
-                    .collect();
-                for dc in running.iter().filter(|dc| !remote.contains(*dc)) {
-                    self.stop_watch(&WatchKey::Gateways(dc.clone()));
-                    dirty |= self.reconcile_health(dc, &BTreeSet::new());
-                }
-                for dc in remote {
-                    self.start_watch(WatchKey::Gateways(dc));
+                if remote != self.remote_dcs {
+                    // A datacenter that left: its gateway watch stops, and its health
+                    // watches with the next reconciliation.
+                    let previous = std::mem::replace(&mut self.remote_dcs, remote);
+                    let gone: Vec<String> =
+                        previous.difference(&self.remote_dcs).cloned().collect();
+                    for dc in gone {
+                        self.stop_watch(&WatchKey::Gateways(dc.clone()));
+                        self.gateways.remove(&dc);
+                    }
+                    let added: Vec<String> =
+                        self.remote_dcs.difference(&previous).cloned().collect();
+                    for dc in added {
+                        self.start_watch(WatchKey::Gateways(dc));
+                    }
+                    self.remote_changed = true;
                 }
                 if list != self.datacenters {
                     self.datacenters = list;
@@ -553,7 +581,7 @@ impl Coordinator {
                 dirty
             }
             WatchKey::Services => match object_keys(&value) {
-                Some(names) => self.reconcile_health(&local, &names),
+                Some(names) => self.reconcile_local_health(&names),
                 None => {
                     tracing::warn!("/v1/catalog/services: not an object; ignored");
                     false
@@ -564,18 +592,36 @@ impl Coordinator {
                     return false;
                 }
                 match object_keys(&value) {
-                    Some(names) => self.reconcile_health(&dc, &names),
+                    Some(names) => {
+                        if self.gateways.get(&dc) != Some(&names) {
+                            self.gateways.insert(dc, names);
+                            self.remote_changed = true;
+                        }
+                    }
                     None => {
                         tracing::warn!(datacenter = %dc, "mesh gateway list: not an object; ignored");
-                        false
                     }
                 }
+                false
             }
             WatchKey::Health { dc, service } => {
+                // One light pass over the changed answer (only `Service.Kind` and
+                // `Proxy.Upstreams` are read); a change of the upstream set is rare.
+                if dc == local {
+                    let destinations = reach::upstream_destinations(&value);
+                    self.set_upstreams(&service, destinations);
+                }
                 self.services.insert((dc, service), value);
                 true
             }
             WatchKey::Config(kind) => {
+                if kind == "service-resolver" {
+                    let resolvers = reach::resolvers(&value);
+                    if resolvers != self.resolvers {
+                        self.resolvers = resolvers;
+                        self.remote_changed = true;
+                    }
+                }
                 self.config.insert(kind, value);
                 true
             }
@@ -586,12 +632,14 @@ impl Coordinator {
         }
     }
 
-    /// Makes the health watches of `dc` exactly `names`; true when an entry was dropped.
-    fn reconcile_health(&mut self, dc: &str, names: &BTreeSet<String>) -> bool {
+    /// Makes the health watches of the local datacenter exactly `names`; true when an
+    /// entry was dropped.
+    fn reconcile_local_health(&mut self, names: &BTreeSet<String>) -> bool {
+        let local = self.shared.local_dc.clone();
         let running: Vec<WatchKey> = self
             .active
             .keys()
-            .filter(|k| matches!(k, WatchKey::Health { dc: d, service } if d == dc && !names.contains(service)))
+            .filter(|k| matches!(k, WatchKey::Health { dc, service } if *dc == local && !names.contains(service)))
             .cloned()
             .collect();
         let mut dirty = false;
@@ -600,9 +648,63 @@ impl Coordinator {
         }
         for service in names {
             self.start_watch(WatchKey::Health {
-                dc: dc.to_string(),
+                dc: local.clone(),
                 service: service.clone(),
             });
+        }
+        dirty
+    }
+
+    /// Records the upstream destinations of a local service's sidecars.
+    fn set_upstreams(&mut self, service: &str, destinations: BTreeSet<reach::Destination>) {
+        let changed = if destinations.is_empty() {
+            self.upstreams.remove(service).is_some()
+        } else if self.upstreams.get(service) != Some(&destinations) {
+            self.upstreams.insert(service.to_owned(), destinations);
+            true
+        } else {
+            false
+        };
+        self.remote_changed |= changed;
+    }
+
+    /// Makes the health watches of remote datacenters exactly: each listed remote
+    /// datacenter's mesh gateways, and every remote target of the local sidecars' upstreams
+    /// ([`reach::remote_targets`]) in a listed datacenter (another one has no path to it).
+    /// True when an entry was dropped. Work: the upstreams and resolvers (a few hops each)
+    /// plus the running watches, once per batch that changed one of them.
+    fn reconcile_remote_health(&mut self) -> bool {
+        let local = self.shared.local_dc.clone();
+        let mut wanted: BTreeSet<(String, String)> = self
+            .gateways
+            .iter()
+            .filter(|(dc, _)| self.remote_dcs.contains(*dc))
+            .flat_map(|(dc, names)| names.iter().map(|n| (dc.clone(), n.clone())))
+            .collect();
+        let targets =
+            reach::remote_targets(self.upstreams.values().flatten(), &self.resolvers, &local);
+        wanted.extend(
+            targets
+                .into_iter()
+                .filter(|(dc, _)| self.remote_dcs.contains(dc)),
+        );
+        let unwanted: Vec<WatchKey> = self
+            .active
+            .keys()
+            .filter(|k| match k {
+                WatchKey::Health { dc, service } => {
+                    *dc != local && !wanted.contains(&(dc.clone(), service.clone()))
+                }
+                _ => false,
+            })
+            .cloned()
+            .collect();
+        let mut dirty = false;
+        for key in unwanted {
+            dirty |= self.stop_watch(&key);
+        }
+        for (dc, service) in wanted {
+            self.start_watch(WatchKey::Health { dc, service });
         }
         dirty
     }
@@ -645,10 +747,14 @@ impl Coordinator {
         self.shared.board.lock().remove(running.id);
         tracing::debug!(endpoint = %self.shared.target(key).display, "watch stopped");
         match key {
-            WatchKey::Health { dc, service } => self
-                .services
-                .remove(&(dc.clone(), service.clone()))
-                .is_some(),
+            WatchKey::Health { dc, service } => {
+                if *dc == self.shared.local_dc {
+                    self.set_upstreams(service, BTreeSet::new());
+                }
+                self.services
+                    .remove(&(dc.clone(), service.clone()))
+                    .is_some()
+            }
             _ => false,
         }
     }
