@@ -77,9 +77,14 @@ pub fn translate(snapshot: &Snapshot, group: &GroupKey, settings: &Settings) -> 
                 .replace(endpoint::ingress_assignments(
                     snapshot, dc, &services, settings,
                 ))
-                .replace(listener::ingress_listener(
-                    snapshot, dc, &services, settings,
-                ))
+                .with(
+                    ResourceType::Listener,
+                    TypeUpdate::Replace(
+                        listener::ingress_listener(snapshot, dc, &services, settings)
+                            .into_iter()
+                            .collect(),
+                    ),
+                )
                 .replace(route::ingress_routes(snapshot, dc, &services, settings))
         }
         Role::Egress => Update::new()

@@ -18,13 +18,11 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::config::listener::v3::FilterChain;
-
 use super::Settings;
 use super::cluster::{has_local_instances, ingress_clusters, ingress_services};
 use super::endpoint::ingress_assignments;
 use super::gateway::{GatewayRole, bind_address, gateways};
-use super::listener::{ingress_chains, ingress_listener_of};
+use super::listener::{encode_chains, ingress_chains, ingress_listener_entry, ingress_route_names};
 use super::rbac::Consumers;
 use super::route::ingress_routes;
 use crate::model::entries::{ConfigEntries, Stored};
@@ -38,7 +36,10 @@ struct ServiceParts {
     clusters: Vec<Arc<Entry>>,
     assignments: Vec<Arc<Entry>>,
     routes: Vec<Arc<Entry>>,
-    chains: Vec<FilterChain>,
+    /// Its filter chains, encoded as listener fields ([`encode_chains`]).
+    chains: Vec<u8>,
+    /// The RDS names its chains use.
+    route_names: Vec<String>,
 }
 
 /// The last translation of one ingress group, and the snapshot it came from.
@@ -108,7 +109,8 @@ impl Work {
             clusters: entries(ingress_clusters(snapshot, dc, &one, settings)),
             assignments: entries(ingress_assignments(snapshot, dc, &one, settings)),
             routes: entries(ingress_routes(snapshot, dc, &one, settings)),
-            chains: ingress_chains(snapshot, dc, service, &consumers, settings),
+            chains: encode_chains(&ingress_chains(snapshot, dc, service, &consumers, settings)),
+            route_names: ingress_route_names(snapshot, dc, service, settings),
             consumers,
         };
         let empty = ServiceParts::empty();
@@ -137,6 +139,7 @@ impl ServiceParts {
             assignments: Vec::new(),
             routes: Vec::new(),
             chains: Vec::new(),
+            route_names: Vec::new(),
         }
     }
 }
@@ -312,12 +315,13 @@ impl IngressCache {
         } = work;
 
         let listener = if full || chains_changed || bind != old_bind {
-            bind.as_ref()
-                .and_then(|b| {
-                    let chains = services.values().flat_map(|p| p.chains.iter().cloned());
-                    ingress_listener_of(b, chains.collect())
-                })
-                .map(|l| Entry::new(&l))
+            bind.as_ref().and_then(|b| {
+                let chains = services.values().map(|p| p.chains.as_slice());
+                let routes = services
+                    .values()
+                    .flat_map(|p| p.route_names.iter().cloned());
+                ingress_listener_entry(b, chains, routes.collect())
+            })
         } else {
             old_listener.clone()
         };

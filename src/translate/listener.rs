@@ -38,6 +38,9 @@ use super::rbac::{Consumers, http_rbac, network_rbac};
 use super::{Settings, ads, any};
 use crate::model::Snapshot;
 use crate::model::entries::Protocol;
+use crate::xds::{Entry, ResourceType};
+use prost::Message;
+use std::sync::Arc;
 
 pub fn socket_address(address: &str, port: u16) -> Address {
     Address {
@@ -131,40 +134,89 @@ pub fn ingress_chain_names(snapshot: &Snapshot, service: &str, dc: &str, td: &st
     out
 }
 
-/// The ingress gateway listener of `dc` (none without an ingress gateway or exported service).
+/// The field number of `filter_chains` in `envoy.config.listener.v3.Listener`.
+const LISTENER_FILTER_CHAINS: u32 = 3;
+
+/// The ingress gateway listener of `dc` (none without an ingress gateway or exported
+/// service), encoded.
 pub fn ingress_listener(
     snapshot: &Snapshot,
     dc: &str,
     services: &[String],
     settings: &Settings,
-) -> Option<Listener> {
+) -> Option<Arc<Entry>> {
     let bind = bind_address(&gateways(snapshot, dc, GatewayRole::Ingress))?;
     let index = Consumers::index(&snapshot.entries);
     let mut chains = Vec::new();
+    let mut routes = Vec::new();
     for service in services {
         let consumers = index
             .get(service.as_str())
             .cloned()
             .unwrap_or_else(Consumers::none);
-        chains.extend(ingress_chains(snapshot, dc, service, &consumers, settings));
+        chains.push(encode_chains(&ingress_chains(
+            snapshot, dc, service, &consumers, settings,
+        )));
+        routes.extend(ingress_route_names(snapshot, dc, service, settings));
     }
-    ingress_listener_of(&bind, chains)
+    ingress_listener_entry(&bind, chains.iter().map(Vec::as_slice), routes)
 }
 
-/// The ingress listener bound at `bind` (from [`bind_address`]) with `chains`; none without
-/// a chain.
-pub fn ingress_listener_of(bind: &(String, u16), chains: Vec<FilterChain>) -> Option<Listener> {
-    if chains.is_empty() {
+/// `chains` encoded as they appear in a listener: each as a `filter_chains` field.
+pub fn encode_chains(chains: &[FilterChain]) -> Vec<u8> {
+    let mut buf = Vec::new();
+    for chain in chains {
+        prost::encoding::message::encode(LISTENER_FILTER_CHAINS, chain, &mut buf);
+    }
+    buf
+}
+
+/// The ingress listener bound at `bind` (from [`bind_address`]) over chains encoded by
+/// [`encode_chains`], in order; none without a chain. The listener's own fields are encoded
+/// first and the chains appended after them (protobuf takes fields in any order), so a
+/// change to one service's chains costs a copy of the others' bytes, not their encoding.
+/// `routes` are the RDS names the chains' HTTP connection managers use.
+pub fn ingress_listener_entry<'a>(
+    bind: &(String, u16),
+    chains: impl Iterator<Item = &'a [u8]> + Clone,
+    routes: Vec<String>,
+) -> Option<Arc<Entry>> {
+    let size: usize = chains.clone().map(<[u8]>::len).sum();
+    if size == 0 {
         return None;
     }
     let (address, port) = bind;
-    Some(Listener {
-        name: format!("ingress:{address}:{port}"),
+    let name = format!("ingress:{address}:{port}");
+    let header = Listener {
+        name: name.clone(),
         address: Some(socket_address(address, *port)),
         listener_filters: vec![tls_inspector()],
-        filter_chains: chains,
         ..Default::default()
-    })
+    };
+    let header = header.encode_to_vec();
+    let mut parts: Vec<&[u8]> = vec![&header];
+    for chain in chains {
+        parts.push(chain);
+    }
+    Some(Entry::from_parts(
+        ResourceType::Listener,
+        &name,
+        &parts,
+        routes,
+    ))
+}
+
+/// The RDS names of one exported service's chains (those of an HTTP service).
+pub fn ingress_route_names(
+    snapshot: &Snapshot,
+    dc: &str,
+    service: &str,
+    settings: &Settings,
+) -> Vec<String> {
+    if !snapshot.entries.protocol(service).is_l7() {
+        return Vec::new();
+    }
+    ingress_chain_names(snapshot, service, dc, &settings.trust_domain)
 }
 
 /// The filter chains of one exported service on its datacenter's ingress gateway: one per

@@ -498,6 +498,16 @@ fn golden(snapshot: &Snapshot, group: &GroupKey, show: &[ResourceType]) -> Strin
         for e in entries {
             let any = Any::decode(e.sotw.clone()).unwrap();
             assert_eq!(any.type_url, ty.type_url());
+            // An entry assembled from encoded parts warms what the resource names.
+            if *ty == ResourceType::Listener {
+                let l = Listener::decode(any.value.as_slice()).unwrap();
+                let warms: Vec<String> = e.warms.iter().map(|w| w.to_string()).collect();
+                let mut expected = crate::xds::XdsResource::warms(&l);
+                let mut got = warms.clone();
+                expected.sort();
+                got.sort();
+                assert_eq!(got, expected, "listener {} warms", e.name);
+            }
             let debug = decode_any(&any.type_url, &any.value).unwrap();
             resources.push((*ty, e.name.to_string(), parse(&debug)));
         }

@@ -24,8 +24,6 @@ use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
-use envoy_types::pb::envoy::service::discovery::v3::Resource;
-use envoy_types::pb::google::protobuf::Any;
 use prost::{Message, Name};
 
 use super::types::ResourceType;
@@ -149,31 +147,73 @@ impl Entry {
     /// Encodes and versions a resource. This is the only place a resource is encoded: every
     /// stream that sends it copies these bytes.
     pub fn new<R: XdsResource>(resource: &R) -> Arc<Entry> {
-        let name: Arc<str> = Arc::from(resource.resource_name());
-        let value = resource.encode_to_vec();
-        let version: Arc<str> = Arc::from(version_of_encoding(&value));
-        let any = Any {
-            type_url: R::TYPE.type_url().to_owned(),
-            value,
+        Entry::from_parts(
+            R::TYPE,
+            resource.resource_name(),
+            &[&resource.encode_to_vec()],
+            resource.warms(),
+        )
+    }
+
+    /// An entry from a resource encoded by the caller (the ingress listener is assembled from
+    /// its services' chains encoded one by one): the resource's encoding is the concatenation
+    /// of `parts`. It must decode as a resource of `ty` named `name`, and `warms` be what
+    /// [`XdsResource::warms`] would give.
+    ///
+    /// Both encodings live in one buffer: the delta `Resource` (version, the `Any`, name — in
+    /// field order, as prost writes it) holds the state-of-the-world `Any` whole, so `sotw` is
+    /// a slice of `delta`. The parts are copied once.
+    pub fn from_parts(
+        ty: ResourceType,
+        name: &str,
+        parts: &[&[u8]],
+        warms: Vec<String>,
+    ) -> Arc<Entry> {
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+
+        let value_len: usize = parts.iter().map(|p| p.len()).sum();
+        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+        for part in parts {
+            hasher.update(part);
+        }
+        let version = format!("{:016x}", hasher.digest());
+        let type_url = ty.type_url();
+        let field_len = |tag: u32, len: usize| key_len(tag) + encoded_len_varint(len as u64) + len;
+        let any_len = field_len(1, type_url.len()) + field_len(2, value_len);
+        let total = field_len(1, version.len()) + field_len(2, any_len) + field_len(3, name.len());
+
+        let mut buf = Vec::with_capacity(total);
+        let bytes_field = |tag: u32, bytes: &[u8], buf: &mut Vec<u8>| {
+            encode_key(tag, WireType::LengthDelimited, buf);
+            encode_varint(bytes.len() as u64, buf);
+            buf.extend_from_slice(bytes);
         };
-        let sotw = Bytes::from(any.encode_to_vec());
-        let delta = Bytes::from(
-            Resource {
-                name: name.to_string(),
-                version: version.to_string(),
-                resource: Some(any),
-                ..Default::default()
-            }
-            .encode_to_vec(),
-        );
-        let warms = resource.warms().into_iter().map(Arc::from).collect();
+        // Resource.version = 1
+        bytes_field(1, version.as_bytes(), &mut buf);
+        // Resource.resource = 2: the Any { type_url = 1, value = 2 }
+        encode_key(2, WireType::LengthDelimited, &mut buf);
+        encode_varint(any_len as u64, &mut buf);
+        let sotw_start = buf.len();
+        bytes_field(1, type_url.as_bytes(), &mut buf);
+        encode_key(2, WireType::LengthDelimited, &mut buf);
+        encode_varint(value_len as u64, &mut buf);
+        for part in parts {
+            buf.extend_from_slice(part);
+        }
+        let sotw_end = buf.len();
+        // Resource.name = 3
+        bytes_field(3, name.as_bytes(), &mut buf);
+        debug_assert_eq!(buf.len(), total);
+
+        let delta = Bytes::from(buf);
+        let sotw = delta.slice(sotw_start..sotw_end);
         Arc::new(Entry {
-            ty: R::TYPE,
-            name,
-            version,
+            ty,
+            name: Arc::from(name),
+            version: Arc::from(version),
             delta,
             sotw,
-            warms,
+            warms: warms.into_iter().map(Arc::from).collect(),
         })
     }
 
@@ -204,6 +244,8 @@ mod tests {
     use envoy_types::pb::envoy::config::cluster::v3::cluster::EdsClusterConfig;
     use envoy_types::pb::envoy::config::listener::v3::{Filter, FilterChain};
     use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::Rds;
+    use envoy_types::pb::envoy::service::discovery::v3::Resource;
+    use envoy_types::pb::google::protobuf::Any;
 
     #[test]
     fn entry_bytes_decode_to_the_resource() {
@@ -221,7 +263,26 @@ mod tests {
             ClusterLoadAssignment::decode(any.value.as_slice()).unwrap(),
             cla
         );
-        assert_eq!(r.resource.unwrap(), any);
+        assert_eq!(r.resource.clone().unwrap(), any);
+        // Byte for byte what prost writes.
+        assert_eq!(e.delta, r.encode_to_vec());
+        assert_eq!(e.sotw, any.encode_to_vec());
+        assert_eq!(&*e.version, version_of_encoding(&cla.encode_to_vec()));
+    }
+
+    /// An entry from parts is the entry of the whole.
+    #[test]
+    fn parts_make_the_same_entry_as_the_whole() {
+        let whole = cla("web", &[1, 2, 3, 4, 5, 6, 7, 8]).encode_to_vec();
+        let a = Entry::new(&cla("web", &[1, 2, 3, 4, 5, 6, 7, 8]));
+        for cut in [0, 1, whole.len() / 2, whole.len()] {
+            let (x, y) = whole.split_at(cut);
+            let b = Entry::from_parts(ResourceType::Endpoint, "web", &[x, y], Vec::new());
+            assert_eq!(
+                (&a.version, &a.delta, &a.sotw),
+                (&b.version, &b.delta, &b.sotw)
+            );
+        }
     }
 
     fn cla(name: &str, ports: &[u32]) -> ClusterLoadAssignment {

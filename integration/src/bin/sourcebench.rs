@@ -336,6 +336,8 @@ async fn main() {
 struct Translated {
     services: usize,
     resources: usize,
+    /// The encoded size of the ingress listener (every service's chains).
+    listener_bytes: usize,
     /// First translation (nothing cached) and its publish.
     full_s: f64,
     /// One instance's health changed, the other services' instance lists kept by pointer
@@ -350,13 +352,19 @@ struct Translated {
     reread_s: f64,
     reread_services: usize,
     reread_touched: usize,
+    /// One service's intention changed (by pointer otherwise): its chain and the listener.
+    intention_s: f64,
+    intention_services: usize,
+    intention_touched: usize,
 }
 
 impl Translated {
     fn print(&self) {
         println!(
-            "  translation: {} services x 10 instances, all exported, one ingress group ({} resources)",
-            self.services, self.resources
+            "  translation: {} services x 10 instances, all exported, one ingress group ({} resources; the listener {:.1} MB)",
+            self.services,
+            self.resources,
+            self.listener_bytes as f64 / 1e6
         );
         println!(
             "    full translation + encoding into the store:  {:>8.1} ms",
@@ -375,15 +383,24 @@ impl Translated {
             self.reread_services,
             self.reread_touched
         );
+        println!(
+            "    one intention changed (the listener re-encoded): {:>8.2} ms, {} service(s) translated, {} resource(s) touched",
+            self.intention_s * 1e3,
+            self.intention_services,
+            self.intention_touched
+        );
     }
 
     fn json(&self) -> serde_json::Value {
         json!({"services": self.services, "endpoints": self.services * 10, "resources": self.resources,
+            "listener_bytes": self.listener_bytes,
             "full_ms": self.full_s * 1e3,
             "one_change_ms": self.change_s * 1e3, "one_change_services_translated": self.change_services,
             "one_change_resources_touched": self.change_touched,
             "reread_share_ms": self.share_s * 1e3, "reread_change_ms": self.reread_s * 1e3, "reread_services_translated": self.reread_services,
-            "reread_resources_touched": self.reread_touched})
+            "reread_resources_touched": self.reread_touched,
+            "intention_change_ms": self.intention_s * 1e3, "intention_services_translated": self.intention_services,
+            "intention_resources_touched": self.intention_touched})
     }
 }
 
@@ -485,6 +502,24 @@ fn translation(services: usize, instances: usize) -> Translated {
             ca_roots: None,
         })
     };
+    // One intention of one service changed: its filter chain changes, so the listener (one
+    // over every chain) is encoded again.
+    let intention = {
+        let file = "Kind = \"service-intentions\"\nName = \"svc-00007\"\nSources = [{ Name = \"web\", Action = \"allow\" }]\n";
+        let loaded = meshgate::source::dir::load_files(&[("i.hcl", file)], "dc1", 2);
+        assert!(!loaded.has_errors(), "{:?}", loaded.problems.first());
+        let mut entries = before.entries.clone();
+        entries
+            .service_intentions
+            .extend(loaded.snapshot.entries.service_intentions.clone());
+        Arc::new(Snapshot {
+            generation: 2,
+            local_datacenter: before.local_datacenter.clone(),
+            datacenters: before.datacenters.clone(),
+            entries,
+            ca_roots: None,
+        })
+    };
     let run = |next: &Arc<Snapshot>| {
         let store = Store::new(Debounce::NONE, Arc::new(Metrics::new()));
         let mut cache = IngressCache::default();
@@ -498,24 +533,36 @@ fn translation(services: usize, instances: usize) -> Translated {
             .iter()
             .map(|t| state.set(*t).len())
             .sum();
+        let listener_bytes = state
+            .set(ResourceType::Listener)
+            .resources
+            .values()
+            .map(|e| e.delta.len())
+            .sum::<usize>();
         let started = Instant::now();
         let (update, stats) = cache.translate(next, "dc1", &settings);
         let translated = started.elapsed();
         store.publish(&group, update).unwrap();
         let total = started.elapsed();
-        if std::env::var_os("SOURCEBENCH_SPLIT").is_some() {
-            println!(
-                "    (translate {translated:?}, publish {:?})",
-                total - translated
-            );
-        }
-        (full_s, total.as_secs_f64(), stats, resources)
+        println!(
+            "    (one change: translation {:.2} ms, store publish {:.2} ms)",
+            translated.as_secs_f64() * 1e3,
+            (total - translated).as_secs_f64() * 1e3
+        );
+        (
+            full_s,
+            total.as_secs_f64(),
+            stats,
+            (resources, listener_bytes),
+        )
     };
-    let (full_s, change_s, change, resources) = run(&by_pointer);
+    let (full_s, change_s, change, (resources, listener_bytes)) = run(&by_pointer);
     let (_, reread_s, reread_stats, _) = run(&reread);
+    let (_, intention_s, intention_stats, _) = run(&intention);
     Translated {
         services,
         resources,
+        listener_bytes,
         full_s,
         change_s,
         change_services: change.services_translated,
@@ -524,5 +571,8 @@ fn translation(services: usize, instances: usize) -> Translated {
         reread_s,
         reread_services: reread_stats.services_translated,
         reread_touched: reread_stats.resources_touched,
+        intention_s,
+        intention_services: intention_stats.services_translated,
+        intention_touched: intention_stats.resources_touched,
     }
 }
