@@ -73,7 +73,13 @@ pub fn translate(snapshot: &Snapshot, group: &GroupKey, settings: &Settings) -> 
         Role::Ingress => {
             let services = cluster::ingress_services(snapshot, dc);
             Update::new()
-                .replace(cluster::ingress_clusters(snapshot, dc, &services, settings))
+                .replace(cluster::ingress_clusters(
+                    snapshot,
+                    dc,
+                    &services,
+                    cluster::ingress_gateway_service(snapshot, dc).as_deref(),
+                    settings,
+                ))
                 .replace(endpoint::ingress_assignments(
                     snapshot, dc, &services, settings,
                 ))

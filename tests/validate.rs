@@ -23,7 +23,7 @@ fn the_example_mesh_is_valid() {
     let (code, stdout, stderr) = validate(&dir);
     assert_eq!(code, 0, "stdout:\n{stdout}\nstderr:\n{stderr}");
     assert!(
-        stdout.starts_with("valid: 10 files, 35 documents, 0 warnings\n"),
+        stdout.starts_with("valid: 10 files, 36 documents, 0 warnings\n"),
         "{stdout}"
     );
     assert!(stdout.contains("  service-intentions: 7\n"), "{stdout}");

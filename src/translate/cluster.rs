@@ -30,7 +30,7 @@ use super::Settings;
 use super::gateway::{GatewayRole, gateways};
 use super::listener::{remote_datacenters, socket_address};
 use super::names::{gateway_sni, service_sni};
-use crate::model::entries::{Protocol, ServiceResolver, UpstreamSettings};
+use crate::model::entries::{ConfigEntries, Protocol, ServiceResolver, UpstreamSettings};
 use crate::model::{Health, ServiceAddress, Snapshot};
 
 /// Consul's default connect timeout.
@@ -79,12 +79,14 @@ pub fn pb_duration(d: Duration) -> PbDuration {
 }
 
 /// The clusters of an ingress gateway: per service, the service's SNI and each subset's,
-/// with the service's circuit breakers and passive health checks (`service-defaults`
-/// `UpstreamConfig.Defaults`), and HTTP/2 to the service when it speaks http2 or grpc.
+/// with the circuit breakers and passive health checks the gateway has for it as a caller
+/// (`gateway`: the ingress gateways' service name; see [`upstream_settings`]), and HTTP/2 to
+/// the service when it speaks http2 or grpc.
 pub fn ingress_clusters(
     snapshot: &Snapshot,
     dc: &str,
     services: &[String],
+    gateway: Option<&str>,
     settings: &Settings,
 ) -> Vec<Cluster> {
     let mut out = Vec::new();
@@ -94,16 +96,11 @@ pub fn ingress_clusters(
             .service_resolvers
             .get(service)
             .map(|s| &*s.entry);
-        let defaults = snapshot
-            .entries
-            .service_defaults
-            .get(service)
-            .and_then(|d| d.entry.upstream_config.as_ref())
-            .and_then(|u| u.defaults.as_ref());
+        let upstream = gateway.and_then(|g| upstream_settings(&snapshot.entries, g, service));
         let protocol = snapshot.entries.protocol(service);
         let finish = |mut c: Cluster| {
-            if let Some(d) = defaults {
-                apply_upstream_settings(&mut c, d);
+            if let Some(u) = &upstream {
+                apply_upstream_settings(&mut c, u);
             }
             if matches!(protocol, Protocol::Http2 | Protocol::Grpc) {
                 http2(&mut c);
@@ -124,8 +121,59 @@ pub fn ingress_clusters(
     out
 }
 
+/// The service name the ingress gateways of `dc` are registered under (the caller whose
+/// `service-defaults` `UpstreamConfig` applies to their clusters).
+pub fn ingress_gateway_service(snapshot: &Snapshot, dc: &str) -> Option<String> {
+    gateways(snapshot, dc, GatewayRole::Ingress)
+        .first()
+        .map(|g| g.service.clone())
+}
+
+/// The settings `caller` has for its calls to `destination`, as Consul reads them: in the
+/// caller's `service-defaults`, the `UpstreamConfig.Overrides` entry named for the
+/// destination (default namespace and partition, no peer) over `UpstreamConfig.Defaults`,
+/// field by field. In Consul the caller configures its upstreams; for the ingress gateway
+/// the caller is the gateway's own service.
+pub fn upstream_settings(
+    entries: &ConfigEntries,
+    caller: &str,
+    destination: &str,
+) -> Option<UpstreamSettings> {
+    let config = entries
+        .service_defaults
+        .get(caller)?
+        .entry
+        .upstream_config
+        .as_ref()?;
+    let default_scope = |s: &str| s.is_empty() || s == "default";
+    let over = config.overrides.iter().find(|o| {
+        o.name == destination
+            && default_scope(&o.namespace)
+            && default_scope(&o.partition)
+            && o.peer.is_empty()
+    });
+    match (config.defaults.as_ref(), over) {
+        (None, None) => None,
+        (Some(d), None) => Some(d.clone()),
+        (None, Some(o)) => Some(o.clone()),
+        (Some(d), Some(o)) => Some(UpstreamSettings {
+            limits: o.limits.clone().or_else(|| d.limits.clone()),
+            passive_health_check: o
+                .passive_health_check
+                .clone()
+                .or_else(|| d.passive_health_check.clone()),
+            connect_timeout_ms: if o.connect_timeout_ms > 0 {
+                o.connect_timeout_ms
+            } else {
+                d.connect_timeout_ms
+            },
+            ..o.clone()
+        }),
+    }
+}
+
 /// Circuit breakers (`Limits`) and outlier detection (`PassiveHealthCheck`).
-fn apply_upstream_settings(cluster: &mut Cluster, settings: &UpstreamSettings) {
+pub fn apply_upstream_settings(cluster: &mut Cluster, settings: &UpstreamSettings) {
     if let Some(limits) = &settings.limits {
         let u32v = |v: Option<u32>| v.map(|value| UInt32Value { value });
         cluster.circuit_breakers = Some(CircuitBreakers {

@@ -52,6 +52,7 @@ struct Last {
     snapshot: Arc<Snapshot>,
     settings: Settings,
     bind: Option<(String, u16)>,
+    gateway: Option<String>,
     services: BTreeMap<String, ServiceParts>,
     listener: Option<Arc<Entry>>,
 }
@@ -85,6 +86,8 @@ impl Dirty<'_> {
 /// What one translation did so far.
 #[derive(Default)]
 struct Work {
+    /// The ingress gateways' service name: the caller whose upstream settings apply.
+    gateway: Option<String>,
     clusters: Patch,
     assignments: Patch,
     routes: Patch,
@@ -106,7 +109,13 @@ impl Work {
         self.translated += 1;
         let one = [service.to_owned()];
         let parts = ServiceParts {
-            clusters: entries(ingress_clusters(snapshot, dc, &one, settings)),
+            clusters: entries(ingress_clusters(
+                snapshot,
+                dc,
+                &one,
+                self.gateway.as_deref(),
+                settings,
+            )),
             assignments: entries(ingress_assignments(snapshot, dc, &one, settings)),
             routes: entries(ingress_routes(snapshot, dc, &one, settings)),
             chains: encode_chains(&ingress_chains(snapshot, dc, service, &consumers, settings)),
@@ -217,12 +226,13 @@ impl IngressCache {
             ),
             None => (Dirty::All, true),
         };
-        let (mut old_services, old_listener, old_bind) = match last {
-            Some(l) => (l.services, l.listener, Some(l.bind)),
+        let (mut old_services, old_listener, old_gateway) = match last {
+            Some(l) => (l.services, l.listener, Some((l.bind, l.gateway))),
             None => (BTreeMap::new(), None, None),
         };
-        // Where the listener binds changes only with the gateways' own instances.
-        let bind = match (&dirty, &prev_snapshot, &old_bind) {
+        // Where the listener binds, and the gateways' service name, change only with the
+        // gateways' own instances.
+        let (bind, gateway) = match (&dirty, &prev_snapshot, &old_gateway) {
             (Dirty::Some(changed), Some(prev), Some(old))
                 if !changed
                     .iter()
@@ -230,11 +240,33 @@ impl IngressCache {
             {
                 old.clone()
             }
-            _ => bind_address(&gateways(snapshot, dc, GatewayRole::Ingress)),
+            _ => {
+                let gws = gateways(snapshot, dc, GatewayRole::Ingress);
+                (bind_address(&gws), gws.first().map(|g| g.service.clone()))
+            }
         };
+        let (old_bind, old_gateway) = old_gateway.unzip();
         let old_bind = old_bind.flatten();
+        // The gateways' own service-defaults (their upstream settings) concern every cluster.
+        let dirty = match (&prev_snapshot, dirty) {
+            (Some(prev), Dirty::Some(_))
+                if old_gateway.flatten() != gateway
+                    || gateway.as_deref().is_some_and(|g| {
+                        !same_optional(
+                            prev.entries.service_defaults.get(g),
+                            snapshot.entries.service_defaults.get(g),
+                        )
+                    }) =>
+            {
+                Dirty::All
+            }
+            (_, dirty) => dirty,
+        };
 
-        let mut work = Work::default();
+        let mut work = Work {
+            gateway: gateway.clone(),
+            ..Work::default()
+        };
         let services = match dirty {
             // Only the services whose inputs changed can enter, leave or change.
             Dirty::Some(changed) if !exports_changed => {
@@ -312,6 +344,7 @@ impl IngressCache {
             routes,
             translated,
             chains_changed,
+            ..
         } = work;
 
         let listener = if full || chains_changed || bind != old_bind {
@@ -380,6 +413,7 @@ impl IngressCache {
             snapshot: snapshot.clone(),
             settings: settings.clone(),
             bind,
+            gateway,
             services,
             listener,
         });
@@ -435,6 +469,15 @@ fn dirty<'a>(prev: &'a Snapshot, next: &'a Snapshot, dc: &str) -> Dirty<'a> {
         &mut out,
     );
     Dirty::Some(out)
+}
+
+/// Whether two optional stored entries hold the same entry.
+fn same_optional<T: PartialEq>(a: Option<&Stored<T>>, b: Option<&Stored<T>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => same_entry(a, b),
+        _ => false,
+    }
 }
 
 /// Whether two stored entries hold the same entry (pointer, then value).

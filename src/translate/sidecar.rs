@@ -26,7 +26,9 @@ use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener};
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
 use envoy_types::pb::envoy::extensions::clusters::aggregate::v3::ClusterConfig as AggregateConfig;
 
-use super::cluster::{connect_timeout, eds, http2, pb_duration};
+use super::cluster::{
+    apply_upstream_settings, connect_timeout, eds, http2, pb_duration, upstream_settings,
+};
 use super::endpoint::health_and_weight;
 use super::gateway::{GatewayRole, gateways};
 use super::listener::{http_connection_manager, socket_address, tcp_proxy};
@@ -277,6 +279,12 @@ pub fn sidecar(
             for (name, t) in &members {
                 let mut cluster = eds(name.clone());
                 cluster.connect_timeout = Some(pb_duration(connect_timeout(snapshot, &t.service)));
+                // The caller's circuit breakers and passive health checks for this upstream.
+                if let Some(limits) =
+                    upstream_settings(&snapshot.entries, service, &u.destination_name)
+                {
+                    apply_upstream_settings(&mut cluster, &limits);
+                }
                 // The ALPN offers h2: the cluster must then speak it.
                 if matches!(protocol, Protocol::Http2 | Protocol::Grpc) {
                     http2(&mut cluster);

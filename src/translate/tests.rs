@@ -847,13 +847,18 @@ fn circuit_breakers_and_passive_health_checks() {
         ),
         (
             "orders-defaults.json",
+            r#"{"Kind": "service-defaults", "Name": "orders", "Protocol": "http"}"#,
+        ),
+        (
+            // The gateway is the caller: its own UpstreamConfig sets its clusters' limits,
+            // the override for `orders` over the defaults, field by field.
+            "gateway-defaults.json",
             r#"{
   "Kind": "service-defaults",
-  "Name": "orders",
-  "Protocol": "http",
+  "Name": "mesh-gateway",
   "UpstreamConfig": {
     "Defaults": {
-      "Limits": {"MaxConnections": 512, "MaxPendingRequests": 256, "MaxConcurrentRequests": 1024},
+      "Limits": {"MaxConnections": 100},
       "PassiveHealthCheck": {
         "Interval": "10s",
         "MaxFailures": 5,
@@ -861,7 +866,11 @@ fn circuit_breakers_and_passive_health_checks() {
         "MaxEjectionPercent": 50,
         "BaseEjectionTime": "30s"
       }
-    }
+    },
+    "Overrides": [
+      {"Name": "orders", "Limits": {"MaxConnections": 512, "MaxPendingRequests": 256, "MaxConcurrentRequests": 1024}},
+      {"Name": "orders", "Peer": "elsewhere", "Limits": {"MaxConnections": 1}}
+    ]
   }
 }"#,
         ),
@@ -1175,6 +1184,84 @@ Protocol: grpc
     );
 }
 
+/// A sidecar's clusters for an upstream carry the caller's upstream settings for it (its
+/// own `service-defaults` `UpstreamConfig`: the override named for the upstream over the
+/// defaults), and nothing for an upstream with neither.
+#[test]
+fn sidecar_upstream_limits_come_from_the_caller() {
+    let web = web_sidecar(
+        "      - {DestinationName: db, Datacenter: dc2, LocalBindPort: 19001}\n      - {DestinationName: api, Datacenter: dc2, LocalBindPort: 19002}\n",
+    );
+    let s = mesh(&[
+        (
+            "gateways.yaml",
+            &format!("{DC1_INGRESS}---{DC1_EGRESS}---{DC2_INGRESS}"),
+        ),
+        ("web.yaml", &web),
+        ("dc2.yaml", DC2_SERVICES),
+        ("api.hcl", API_HTTP),
+        (
+            "web-defaults.hcl",
+            r#"
+Kind = "service-defaults"
+Name = "web"
+UpstreamConfig {
+  Defaults {
+    PassiveHealthCheck {
+      Interval    = "5s"
+      MaxFailures = 3
+    }
+  }
+  Overrides = [
+    { Name = "db", Limits = { MaxConnections = 64 } },
+  ]
+}
+"#,
+        ),
+    ]);
+    let update = translate(&s, &sidecar_group(), &settings());
+    let clusters: BTreeMap<String, Cluster> = update
+        .types()
+        .iter()
+        .filter(|(ty, _)| *ty == ResourceType::Cluster)
+        .flat_map(|(_, u)| match u {
+            TypeUpdate::Replace(entries) => entries.clone(),
+            TypeUpdate::Patch { .. } => panic!("translate patches"),
+        })
+        .map(|e| {
+            let any = Any::decode(e.sotw.clone()).unwrap();
+            (
+                e.name.to_string(),
+                Cluster::decode(any.value.as_slice()).unwrap(),
+            )
+        })
+        .collect();
+    let of = |service: &str| {
+        clusters
+            .iter()
+            .find(|(name, _)| name.starts_with(&format!("{service}.")))
+            .unwrap_or_else(|| panic!("no cluster for {service} in {:?}", clusters.keys()))
+            .1
+    };
+    let max_connections = |c: &Cluster| {
+        c.circuit_breakers
+            .as_ref()
+            .and_then(|b| b.thresholds.first())
+            .and_then(|t| t.max_connections.as_ref())
+            .map(|v| v.value)
+    };
+    let interval = |c: &Cluster| {
+        c.outlier_detection
+            .as_ref()
+            .and_then(|o| o.interval.as_ref())
+            .map(|d| d.seconds)
+    };
+    assert_eq!(max_connections(of("db")), Some(64));
+    assert_eq!(interval(of("db")), Some(5));
+    assert_eq!(max_connections(of("api")), None);
+    assert_eq!(interval(of("api")), Some(5));
+}
+
 #[test]
 fn sidecar_via_remote_ingress_without_local_egress() {
     let web = web_sidecar("      - {DestinationName: db, Datacenter: dc2, LocalBindPort: 19001}\n");
@@ -1425,6 +1512,13 @@ fn incremental_ingress_matches_full_translation() {
             "wildcard intentions (every service)",
             Box::new(|f| {
                 f.insert("star.hcl", "Kind = \"service-intentions\"\nName = \"*\"\nSources = [{ Name = \"web\", Action = \"allow\" }]\n".to_owned());
+            }),
+            None,
+        ),
+        (
+            "the gateway's upstream settings (every cluster)",
+            Box::new(|f| {
+                f.insert("gw-defaults.hcl", "Kind = \"service-defaults\"\nName = \"mesh-gateway\"\nUpstreamConfig {\n  Defaults {\n    Limits {\n      MaxConnections = 10\n    }\n  }\n}\n".to_owned());
             }),
             None,
         ),
