@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::envoy::{Envoy, http_client};
+use crate::envoy::{AdsApi, Envoy, http_client};
 
 /// The trust domain of the test meshes.
 pub const TD: &str = "5c3b6c1e-0b55-4e6e-9a0b-6a1e5b7f2d10.consul";
@@ -16,6 +16,34 @@ pub const TD: &str = "5c3b6c1e-0b55-4e6e-9a0b-6a1e5b7f2d10.consul";
 /// A generous bound for "arrives soon" waits (config pushed, Envoy warmed): not a
 /// performance figure.
 pub const SOON: Duration = Duration::from_secs(30);
+
+/// A real Envoy in the group of the `role` (`ingress` or `egress`) gateways of `dc`, by
+/// delta ADS; its node id is `<role>-<dc>`.
+pub async fn gateway_envoy(xds: std::net::SocketAddr, role: &str, dc: &str) -> Envoy {
+    Envoy::start_as(
+        xds,
+        AdsApi::Delta,
+        &format!("{role}-{dc}"),
+        &[("role", role), ("datacenter", dc)],
+    )
+    .await
+}
+
+/// A real Envoy as the sidecar of `service` in `dc`, by delta ADS; its node id is
+/// `<service>-sidecar`.
+pub async fn sidecar_envoy(xds: std::net::SocketAddr, dc: &str, service: &str) -> Envoy {
+    Envoy::start_as(
+        xds,
+        AdsApi::Delta,
+        &format!("{service}-sidecar"),
+        &[
+            ("role", "sidecar"),
+            ("datacenter", dc),
+            ("service", service),
+        ],
+    )
+    .await
+}
 
 /// Writes `dir/name` atomically (a temporary file renamed), so the directory watcher never
 /// reads half a file.

@@ -10,8 +10,10 @@
 use std::time::Duration;
 
 use integration::app::App;
-use integration::envoy::{AdsApi, Envoy};
-use integration::mesh::{SOON, TD, get, no_rejections, tcp_answered, write};
+use integration::envoy::Envoy;
+use integration::mesh::{
+    SOON, TD, gateway_envoy, get, no_rejections, sidecar_envoy, tcp_answered, write,
+};
 use integration::upstream::{Upstream, free_port};
 
 struct Mesh {
@@ -87,31 +89,9 @@ async fn mesh(api: &Upstream, db: &Upstream, secret: &Upstream) -> Mesh {
         "50ms",
     ]);
     let envoys = vec![
-        Envoy::start_as(
-            app.xds_addr,
-            AdsApi::Delta,
-            "ingress-b",
-            &[("role", "ingress"), ("datacenter", "dc-b")],
-        )
-        .await,
-        Envoy::start_as(
-            app.xds_addr,
-            AdsApi::Delta,
-            "egress-a",
-            &[("role", "egress"), ("datacenter", "dc-a")],
-        )
-        .await,
-        Envoy::start_as(
-            app.xds_addr,
-            AdsApi::Delta,
-            "web-sidecar",
-            &[
-                ("role", "sidecar"),
-                ("datacenter", "dc-a"),
-                ("service", "web"),
-            ],
-        )
-        .await,
+        gateway_envoy(app.xds_addr, "ingress", "dc-b").await,
+        gateway_envoy(app.xds_addr, "egress", "dc-a").await,
+        sidecar_envoy(app.xds_addr, "dc-a", "web").await,
     ];
     Mesh {
         _dir: dir,

@@ -42,10 +42,10 @@ use std::process::Command;
 use std::time::{Duration, SystemTime};
 
 use integration::app::App;
-use integration::envoy::{AdsApi, Envoy};
+use integration::envoy::Envoy;
 use integration::mesh::{
-    SOON, TD, catalog, egress_gateway, get, ingress_gateway, instance, no_rejections, sidecar,
-    tcp_call, write,
+    SOON, TD, catalog, egress_gateway, gateway_envoy, get, ingress_gateway, instance,
+    no_rejections, sidecar, sidecar_envoy, tcp_call, write,
 };
 use integration::upstream::{Upstream, free_port};
 use meshgate::model::intentions::{self, DefaultPolicy, HttpRequest};
@@ -415,35 +415,11 @@ async fn lab(serve_flags: &[&str]) -> Lab {
     let app = App::start(&flags);
 
     let mut envoys = vec![
-        Envoy::start_as(
-            app.xds_addr,
-            AdsApi::Delta,
-            "ingress-beta",
-            &[("role", "ingress"), ("datacenter", "beta")],
-        )
-        .await,
-        Envoy::start_as(
-            app.xds_addr,
-            AdsApi::Delta,
-            "egress-alpha",
-            &[("role", "egress"), ("datacenter", "alpha")],
-        )
-        .await,
+        gateway_envoy(app.xds_addr, "ingress", "beta").await,
+        gateway_envoy(app.xds_addr, "egress", "alpha").await,
     ];
     for source in sources() {
-        envoys.push(
-            Envoy::start_as(
-                app.xds_addr,
-                AdsApi::Delta,
-                &format!("{source}-sidecar"),
-                &[
-                    ("role", "sidecar"),
-                    ("datacenter", "alpha"),
-                    ("service", source),
-                ],
-            )
-            .await,
-        );
+        envoys.push(sidecar_envoy(app.xds_addr, "alpha", source).await);
     }
     Lab {
         dir,

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use rustls::pki_types::CertificateDer;
@@ -20,15 +20,13 @@ use serde::Deserialize;
 use tokio::runtime::Handle;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, warn};
 
 use super::{CaError, CertSet, Leaf, bump};
 use crate::model::Snapshot;
 use crate::source::consul::ConsulConfig;
 use crate::source::consul::api::{Api, Target};
-use crate::source::consul::pacing::{
-    Backoff, MAX_WAIT, RateLimiter, index_step, jitter, request_timeout, wait_param,
-};
+use crate::source::consul::pacing::{BlockingQuery, MAX_WAIT, request_timeout, wait_param};
 
 /// The leaves of one agent, and the watches that keep them.
 pub struct ConsulLeaves {
@@ -195,16 +193,11 @@ async fn watch_leaf(
         query: vec![],
         display: format!("/v1/agent/connect/ca/leaf/{service}"),
     };
-    let mut index = 0u64;
+    let mut query = BlockingQuery::new(&target.display);
     let mut serial: Option<String> = None;
-    let mut backoff = Backoff::new();
-    let mut limiter = RateLimiter::new(Instant::now());
-    let mut failing = false;
-    let mut logged_error: Option<String> = None;
     loop {
-        let ask = (!failing && index != 0).then_some(index);
         let result = api
-            .get(&target, ask, &wait, timeout)
+            .get(&target, query.index(), &wait, timeout)
             .await
             .and_then(|answer| {
                 let leaf = parse_leaf(&answer.body, &service, &datacenter, &target.display)?;
@@ -212,53 +205,29 @@ async fn watch_leaf(
             });
         match result {
             Ok((returned, leaf)) => {
-                let step = returned.map(|r| index_step(index, r));
-                if step.is_some_and(|s| s.reset) {
-                    info!(endpoint = %target.display, previous = index, returned,
-                        "X-Consul-Index went backwards; reading from index 0 again");
-                }
-                if logged_error.take().is_some() {
-                    info!(endpoint = %target.display, "Consul answers again");
-                }
-                failing = false;
-                backoff.reset();
+                let step = query.answered(returned);
                 if serial.as_deref() != Some(leaf.serial.as_str()) {
                     debug!(service = %service, serial = %leaf.serial, "leaf certificate from Consul");
                     serial = Some(leaf.serial.clone());
                     state.lock().leaves.insert(service.clone(), Arc::new(leaf));
                     bump(&changes);
                 }
-                index = step.map_or(0, |s| s.next);
-                let now = Instant::now();
-                let pause = match step {
-                    // An answer without an index cannot block: poll, gently.
-                    None => limiter.no_progress(now).max(Duration::from_secs(1)),
-                    Some(s) if s.unchanged => limiter.no_progress(now),
-                    Some(_) => {
-                        limiter.progress(now);
-                        Duration::ZERO
-                    }
-                };
+                // An answer without an index cannot block: poll, gently.
+                let pause = query.pause(step, UNINDEXED_POLL);
                 if !pause.is_zero() {
                     tokio::time::sleep(pause).await;
                 }
             }
             Err(e) => {
-                let text = e.to_string();
-                if logged_error.as_deref() != Some(text.as_str()) {
-                    if e.is_forbidden() {
-                        error!("{text}");
-                    } else {
-                        warn!("{text}; retrying, the current leaf is kept");
-                    }
-                }
-                logged_error = Some(text);
-                failing = true;
-                tokio::time::sleep(jitter(backoff.next_delay())).await;
+                let (_, delay) = query.failed(&e, "the current leaf is kept");
+                tokio::time::sleep(delay).await;
             }
         }
     }
 }
+
+/// How often a leaf endpoint that answers without `X-Consul-Index` is read again.
+const UNINDEXED_POLL: Duration = Duration::from_secs(5);
 
 /// A leaf from Consul's JSON answer. Errors name the endpoint and never quote the body.
 fn parse_leaf(

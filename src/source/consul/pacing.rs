@@ -173,6 +173,97 @@ impl RateLimiter {
     }
 }
 
+/// The state of one blocking-query loop, by Consul's rules: the index to ask with (none
+/// before the first answer and after a failure — a plain read answers at once, so it tells at
+/// once whether Consul is back and catches up on what was missed), the index reset, the rate
+/// limit of answers without progress, the backoff after errors, and logs that say a run of
+/// identical failures once. The source's watches and the Consul leaf watches run it.
+pub struct BlockingQuery {
+    endpoint: String,
+    index: u64,
+    backoff: Backoff,
+    limiter: RateLimiter,
+    failing: bool,
+    logged_error: Option<String>,
+}
+
+impl BlockingQuery {
+    /// `endpoint` names the query in logs.
+    pub fn new(endpoint: &str) -> BlockingQuery {
+        BlockingQuery {
+            endpoint: endpoint.to_owned(),
+            index: 0,
+            backoff: Backoff::new(),
+            limiter: RateLimiter::new(Instant::now()),
+            failing: false,
+            logged_error: None,
+        }
+    }
+
+    /// The index to block on, if any.
+    pub fn index(&self) -> Option<u64> {
+        (!self.failing && self.index != 0).then_some(self.index)
+    }
+
+    /// Records an answer carrying `returned` as `X-Consul-Index` (none: the endpoint does not
+    /// block): the next index, the end of a run of failures. Returns the index step.
+    pub fn answered(&mut self, returned: Option<u64>) -> Option<IndexStep> {
+        let step = returned.map(|r| index_step(self.index, r));
+        if step.is_some_and(|s| s.reset) {
+            tracing::info!(
+                endpoint = %self.endpoint,
+                previous = self.index,
+                returned,
+                "X-Consul-Index went backwards; reading from index 0 again"
+            );
+        }
+        if self.logged_error.take().is_some() {
+            tracing::info!(endpoint = %self.endpoint, "Consul answers again");
+        }
+        self.failing = false;
+        self.backoff.reset();
+        self.index = step.map_or(0, |s| s.next);
+        step
+    }
+
+    /// The index the next query asks with (0: a plain read).
+    pub fn next_index(&self) -> u64 {
+        self.index
+    }
+
+    /// How long to wait after an answer: nothing after progress, the rate limit's pause after
+    /// an answer without progress, `unindexed` after an answer without an index.
+    pub fn pause(&mut self, step: Option<IndexStep>, unindexed: Duration) -> Duration {
+        let now = Instant::now();
+        match step {
+            None => unindexed,
+            Some(s) if s.unchanged => self.limiter.no_progress(now),
+            Some(_) => {
+                self.limiter.progress(now);
+                Duration::ZERO
+            }
+        }
+    }
+
+    /// Records a failure, logged once per run of identical ones (`kept` says what keeps
+    /// serving meanwhile). Returns whether it starts a run of failures, and the jittered
+    /// backoff to wait before the next attempt.
+    pub fn failed(&mut self, error: &super::api::FetchError, kept: &str) -> (bool, Duration) {
+        let text = error.to_string();
+        if self.logged_error.as_deref() != Some(text.as_str()) {
+            if error.is_forbidden() {
+                tracing::error!("{text}");
+            } else {
+                tracing::warn!("{text}; retrying, {kept}");
+            }
+        }
+        self.logged_error = Some(text);
+        let first = !self.failing;
+        self.failing = true;
+        (first, jitter(self.backoff.next_delay()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -304,5 +395,44 @@ mod tests {
         assert_eq!(wait_param(Duration::from_secs(300)), "300s");
         assert_eq!(wait_param(Duration::from_millis(1500)), "1500ms");
         assert_eq!(wait_param(Duration::from_secs(7200)), "600s");
+    }
+
+    #[test]
+    fn blocking_query_follows_the_index_and_failures() {
+        use super::super::api::FetchError;
+        let mut q = BlockingQuery::new("/v1/catalog/services");
+        assert_eq!(q.index(), None, "the first read does not block");
+        let step = q.answered(Some(5)).unwrap();
+        assert!(!step.reset && !step.unchanged);
+        assert_eq!(q.index(), Some(5));
+        assert_eq!(q.pause(Some(step), Duration::from_secs(9)), Duration::ZERO);
+        // No progress: the rate limit allows a burst, then pauses.
+        let same = q.answered(Some(5)).unwrap();
+        assert!(same.unchanged);
+        // An index going backwards: read from 0 again.
+        let back = q.answered(Some(3)).unwrap();
+        assert!(back.reset);
+        assert_eq!(q.index(), None);
+        assert_eq!(q.next_index(), 0);
+        q.answered(Some(7));
+        // A failure: the next read is plain, the first of a run says so, backoff grows.
+        let e = FetchError::Transport {
+            endpoint: "/v1/catalog/services".into(),
+            detail: "connection refused".into(),
+        };
+        let (first, d1) = q.failed(&e, "the last good data is kept");
+        assert!(first);
+        assert_eq!(q.index(), None);
+        let (again, _) = q.failed(&e, "the last good data is kept");
+        assert!(!again);
+        let (_, d3) = q.failed(&e, "the last good data is kept");
+        assert!(d3 > d1 / 2, "{d1:?} then {d3:?}");
+        // An answer ends the run and blocks on its index again.
+        q.answered(Some(8));
+        assert_eq!(q.index(), Some(8));
+        assert_eq!(
+            q.pause(None, Duration::from_secs(9)),
+            Duration::from_secs(9)
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! to the coordinator and keeping its line of the status board.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -11,7 +11,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::Shared;
 use super::api::{Answer, FetchError};
 use super::metrics::RequestResult;
-use super::pacing::{Backoff, RateLimiter, index_step, jitter};
+use super::pacing::BlockingQuery;
 
 /// What a watch is of. The coordinator owns one running watch per key.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -48,25 +48,16 @@ pub enum Event {
 pub async fn run(shared: Arc<Shared>, key: WatchKey, id: u64, tx: UnboundedSender<Event>) {
     let target = shared.target(&key);
     let kind = key.kind();
-    let mut index = 0u64;
+    let mut query = BlockingQuery::new(&target.display);
     let mut last_body: Option<Bytes> = None;
-    let mut backoff = Backoff::new();
-    let mut limiter = RateLimiter::new(Instant::now());
-    // The last attempt failed: the next one is a plain read (no index), which answers at
-    // once and so tells at once whether Consul is back, and catches up on what was missed.
-    let mut failing = false;
-    // The error last logged, so that a run of identical failures is logged once.
-    let mut logged_error: Option<String> = None;
     loop {
-        let ask = (!failing && index != 0).then_some(index);
         let result = shared
             .api
-            .get(&target, ask, &shared.wait_param, shared.timeout)
+            .get(&target, query.index(), &shared.wait_param, shared.timeout)
             .await
             .and_then(|answer| decode_if_changed(answer, last_body.as_ref(), &target.display));
         match result {
             Ok((answer, value)) => {
-                let step = answer.index.map(|returned| index_step(index, returned));
                 let changed = value.is_some();
                 shared.metrics.request(
                     kind,
@@ -76,25 +67,14 @@ pub async fn run(shared: Arc<Shared>, key: WatchKey, id: u64, tx: UnboundedSende
                         RequestResult::unchanged
                     },
                 );
+                let step = query.answered(answer.index);
                 if step.is_some_and(|s| s.reset) {
                     shared.metrics.index_resets.inc();
-                    tracing::info!(
-                        endpoint = %target.display,
-                        previous = index,
-                        returned = answer.index,
-                        "X-Consul-Index went backwards; reading from index 0 again"
-                    );
                 }
-                let next_index = step.map_or(0, |s| s.next);
                 shared
                     .board
                     .lock()
-                    .success(id, next_index, SystemTime::now());
-                if logged_error.take().is_some() {
-                    tracing::info!(endpoint = %target.display, "Consul answers again");
-                }
-                failing = false;
-                backoff.reset();
+                    .success(id, query.next_index(), SystemTime::now());
                 if let Some(value) = value {
                     last_body = Some(answer.body);
                     if tx
@@ -108,17 +88,8 @@ pub async fn run(shared: Arc<Shared>, key: WatchKey, id: u64, tx: UnboundedSende
                         return;
                     }
                 }
-                index = next_index;
-                let now = Instant::now();
-                let pause = match step {
-                    // An endpoint that does not block (real Consul's datacenter list): poll.
-                    None => shared.poll_interval,
-                    Some(s) if s.unchanged => limiter.no_progress(now),
-                    Some(_) => {
-                        limiter.progress(now);
-                        Duration::ZERO
-                    }
-                };
+                // An endpoint that does not block (real Consul's datacenter list): poll.
+                let pause = query.pause(step, shared.poll_interval);
                 if !pause.is_zero() {
                     tokio::time::sleep(pause).await;
                 }
@@ -132,32 +103,22 @@ pub async fn run(shared: Arc<Shared>, key: WatchKey, id: u64, tx: UnboundedSende
                         RequestResult::error
                     },
                 );
-                let text = e.to_string();
-                if logged_error.as_deref() != Some(text.as_str()) {
-                    if e.is_forbidden() {
-                        tracing::error!("{text}");
-                    } else {
-                        tracing::warn!("{text}; retrying, the last good data is kept");
-                    }
-                }
                 shared
                     .board
                     .lock()
-                    .failure(id, text.clone(), SystemTime::now());
-                logged_error = Some(text);
-                if !failing {
-                    failing = true;
-                    if tx
+                    .failure(id, e.to_string(), SystemTime::now());
+                let (first, delay) = query.failed(&e, "the last good data is kept");
+                if first
+                    && tx
                         .send(Event::Failed {
                             id,
                             key: key.clone(),
                         })
                         .is_err()
-                    {
-                        return;
-                    }
+                {
+                    return;
                 }
-                tokio::time::sleep(jitter(backoff.next_delay())).await;
+                tokio::time::sleep(delay).await;
             }
         }
     }
