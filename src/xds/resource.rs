@@ -172,15 +172,13 @@ impl Entry {
         use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
         let value_len: usize = parts.iter().map(|p| p.len()).sum();
-        let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-        for part in parts {
-            hasher.update(part);
-        }
-        let version = format!("{:016x}", hasher.digest());
+        // The version is a fixed 16 hex digits: its place is kept, and filled once the value
+        // is in the buffer (hashing the contiguous copy is faster than hashing the parts).
+        const VERSION_LEN: usize = 16;
         let type_url = ty.type_url();
         let field_len = |tag: u32, len: usize| key_len(tag) + encoded_len_varint(len as u64) + len;
         let any_len = field_len(1, type_url.len()) + field_len(2, value_len);
-        let total = field_len(1, version.len()) + field_len(2, any_len) + field_len(3, name.len());
+        let total = field_len(1, VERSION_LEN) + field_len(2, any_len) + field_len(3, name.len());
 
         let mut buf = Vec::with_capacity(total);
         let bytes_field = |tag: u32, bytes: &[u8], buf: &mut Vec<u8>| {
@@ -188,8 +186,9 @@ impl Entry {
             encode_varint(bytes.len() as u64, buf);
             buf.extend_from_slice(bytes);
         };
-        // Resource.version = 1
-        bytes_field(1, version.as_bytes(), &mut buf);
+        // Resource.version = 1, filled below.
+        bytes_field(1, &[b'0'; VERSION_LEN], &mut buf);
+        let version_at = buf.len() - VERSION_LEN;
         // Resource.resource = 2: the Any { type_url = 1, value = 2 }
         encode_key(2, WireType::LengthDelimited, &mut buf);
         encode_varint(any_len as u64, &mut buf);
@@ -197,10 +196,14 @@ impl Entry {
         bytes_field(1, type_url.as_bytes(), &mut buf);
         encode_key(2, WireType::LengthDelimited, &mut buf);
         encode_varint(value_len as u64, &mut buf);
+        let value_start = buf.len();
         for part in parts {
             buf.extend_from_slice(part);
         }
         let sotw_end = buf.len();
+        let version = version_of_encoding(&buf[value_start..sotw_end]);
+        debug_assert_eq!(version.len(), VERSION_LEN);
+        buf[version_at..version_at + VERSION_LEN].copy_from_slice(version.as_bytes());
         // Resource.name = 3
         bytes_field(3, name.as_bytes(), &mut buf);
         debug_assert_eq!(buf.len(), total);
