@@ -33,8 +33,6 @@ use tracing::{debug, error};
 
 use std::collections::{BTreeSet, HashMap};
 
-use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
-
 use crate::ca::{CertManager, CertSet, Leaf};
 use crate::model::Snapshot;
 use crate::model::intentions::DefaultPolicy;
@@ -127,25 +125,6 @@ pub fn wanted_leaves(snapshot: &Snapshot, group: &GroupKey) -> BTreeSet<(String,
     }
 }
 
-/// A group's secrets: its leaves and, for every role that verifies peers, the trust bundle.
-pub fn secrets(
-    group: &GroupKey,
-    wanted: &BTreeSet<(String, String)>,
-    certs: &CertSet,
-) -> Vec<Secret> {
-    if group.role == Role::Egress {
-        return Vec::new();
-    }
-    let mut out = vec![secret::trust_bundle(certs)];
-    out.extend(
-        wanted
-            .iter()
-            .filter_map(|key| certs.leaves.get(key))
-            .map(|leaf| secret::leaf_secret(leaf)),
-    );
-    out
-}
-
 /// Publishes every snapshot's translation to the groups meshgate serves: the ingress and
 /// egress gateways of every datacenter the snapshot knows (a directory describes the whole
 /// mesh; from Consul, the local datacenter is the one with services), and the sidecars that
@@ -173,7 +152,8 @@ pub struct Caches {
     secrets: HashMap<GroupKey, SecretCache>,
 }
 
-/// A group's last published secrets, and the entries of its leaves by leaf.
+/// A group's secrets — its leaves and, for every role that verifies peers, the trust bundle —
+/// as last published, and the entries of its leaves by leaf.
 #[derive(Default)]
 struct SecretCache {
     leaves: HashMap<(String, String), (Arc<Leaf>, Arc<Entry>)>,

@@ -8,7 +8,7 @@ use envoy_types::pb::envoy::config::route::v3::{
 
 use super::Settings;
 use super::cluster::pb_duration;
-use super::listener::ingress_chain_names;
+use super::listener::ingress_route_names;
 use crate::model::Snapshot;
 
 /// The routes of the HTTP services among `services`.
@@ -20,10 +20,7 @@ pub fn ingress_routes(
 ) -> Vec<RouteConfiguration> {
     let mut out = Vec::new();
     for service in services {
-        if !snapshot.entries.protocol(service).is_l7() {
-            continue;
-        }
-        for sni in ingress_chain_names(snapshot, service, dc, &settings.trust_domain) {
+        for sni in ingress_route_names(snapshot, dc, service, settings) {
             out.push(route_to(&sni, service, &sni, snapshot, service));
         }
     }

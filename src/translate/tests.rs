@@ -449,9 +449,10 @@ fn secret_names(snapshot: &Snapshot, group: &GroupKey) -> Vec<String> {
     let manager = CertManager::builtin(config).unwrap();
     let wanted = wanted_leaves(snapshot, group);
     let certs = manager.ensure(&wanted);
-    secrets(group, &wanted, &certs)
+    SecretCache::default()
+        .entries(group, &wanted, &certs)
         .into_iter()
-        .map(|s| s.name)
+        .map(|e| e.name.to_string())
         .collect()
 }
 
