@@ -3,11 +3,13 @@
 //! HTTP API test double.
 
 pub mod app;
+pub mod bench;
 pub mod client;
 pub mod consul_double;
 pub mod envoy;
 pub mod fixtures;
 pub mod harness;
+pub mod load;
 pub mod mesh;
 pub mod upstream;
 

@@ -1,851 +1,1060 @@
-//! meshgate's load generator (`make bench`; `--short` in CI).
+//! `meshgate-loadgen`: the load generator of `make bench` (`--short` in CI).
 //!
-//! It starts meshgate's xDS server as a separate process (this binary's `server` mode: the
-//! meshgate library's store and server with a synthetic mesh of N services × M endpoints,
-//! changed on command over stdin), opens S delta streams that behave like Envoy's (wildcard
-//! CDS, then EDS for every cluster, ACKing each response), and measures:
-//! connect storm, convergence of one endpoint change to every stream, bytes on the wire per
-//! stream per change (TCP bytes, so HTTP/2 and gRPC framing are included), server RSS per
-//! stream, server CPU per change and idle, and correctness counters (duplicate names,
-//! unexpected responses, resends after a NACK, streams left behind after disconnect).
+//! It opens N Envoy-like ADS streams (see `integration::load`) against a bench server and
+//! drives phases of changes through the server's control port (`POST /change`, see
+//! `integration::bench`), measuring from the change to every stream's ACK. By default it
+//! starts, one after the other, `meshgate-benchserver` (meshgate's store and xDS server) and
+//! `meshgate-floor` (a minimal server broadcasting pre-encoded bytes) from its own directory,
+//! for delta and state of the world; with `--xds` and `--control` it measures a server
+//! already running (any control plane behind an adapter for the two control calls).
 //!
-//! The generator runs on one thread so that it does not starve the server.
+//! Phases: connect storm; idle; endpoint changes at a steady rate; services added and
+//! removed; cluster-only changes; a rolling change of 10% of the services inside one second;
+//! a reconnect storm with nothing changed and one with 5% of the services removed while
+//! disconnected; a NACK from one stream; disconnect (streams left on the server).
+//!
+//! The generator runs on one thread: it must not starve the server.
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::SocketAddr;
-use std::pin::Pin;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+use integration::bench::{Applied, Op, Ready, Stats, service_name};
+use integration::load::{
+    CDS, Cmd, EDS, EnvoyStream, Event, EventKind, Name, Protocol, Shared, Target, TlsSettings,
+    Violations, type_index,
 };
-use hyper_util::rt::TokioIo;
-use integration::fixtures::{cla, cluster, invalid_cluster, node};
-use meshgate::xds::{Debounce, GroupKey, ResourceType, Role, Update};
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Endpoint, Uri};
 
 #[derive(Parser, Debug, Clone)]
-#[command(about = "meshgate load generator")]
+#[command(about = "meshgate's load generator: Envoy-like ADS streams, phases of changes, figures")]
 struct Args {
-    /// A short run for CI: small workload, checks the correctness counters only.
+    /// A short run for CI: a small workload; fails only on correctness counters.
     #[arg(long)]
     short: bool,
-    /// Internal: run the synthetic meshgate server (spawned by the generator).
-    #[arg(long, hide = true)]
-    server: bool,
     #[arg(long, default_value_t = 1000)]
     services: usize,
     #[arg(long, default_value_t = 10)]
     endpoints: usize,
+    /// Delta streams.
     #[arg(long, default_value_t = 1000)]
     streams: usize,
-    /// Endpoint changes to measure.
-    #[arg(long, default_value_t = 30)]
-    changes: usize,
-    /// State-of-the-world streams for the comparison run (0 to skip).
+    /// State-of-the-world streams (0: no state-of-the-world run).
     #[arg(long, default_value_t = 1000)]
     sotw_streams: usize,
-    /// Also run 10,000 services × 100 streams.
+    /// Also run 10,000 services × 100 delta streams.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     large: bool,
+    /// Endpoint changes in the steady phase.
+    #[arg(long, default_value_t = 40)]
+    changes: usize,
+    /// Endpoint changes per second in the steady phase.
+    #[arg(long, default_value_t = 20.0)]
+    rate: f64,
+    /// Seconds of the idle phase.
+    #[arg(long, default_value_t = 2.0)]
+    idle: f64,
+    /// Skip the floor runs.
+    #[arg(long)]
+    no_floor: bool,
+    /// Only the connect storm, idle and endpoint changes (what the floor serves).
+    #[arg(long)]
+    endpoint_only: bool,
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/results.json")]
-    out: String,
+    out: PathBuf,
+    /// Translation figures to include (written by `meshgate-sourcebench --out`).
+    #[arg(long, default_value = "target/bench/translation.json")]
+    translation: PathBuf,
+
+    // A server that is already running (any ADS server behind the control calls).
+    /// xDS address of a running server; with it, only that server is measured.
+    #[arg(long, requires = "control")]
+    xds: Option<std::net::SocketAddr>,
+    /// Control port of the running server (`POST /change`, `GET /stats`).
+    #[arg(long)]
+    control: Option<std::net::SocketAddr>,
+    /// Protocol for a running server.
+    #[arg(long, default_value = "delta", value_parser = ["delta", "sotw"])]
+    protocol: String,
+    /// Node id; `{i}` is the stream's number.
+    #[arg(long, default_value = "bench-{i}")]
+    node_id: String,
+    #[arg(long, default_value = "bench")]
+    node_cluster: String,
+    /// Node metadata, KEY=VALUE, repeated (default: meshgate's ingress group of dc1).
+    #[arg(long = "node-metadata", value_parser = parse_kv)]
+    node_metadata: Vec<(String, String)>,
+    /// CA bundle (PEM) to verify the server: connects with TLS.
+    #[arg(long)]
+    tls_ca: Option<PathBuf>,
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Name to verify in the server's certificate.
+    #[arg(long, default_value = "localhost")]
+    tls_server_name: String,
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    if args.server {
-        return server_main(&args);
-    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rt.block_on(generator(args))
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, generator(args))
 }
 
 // ---------------------------------------------------------------------------------------------
-// Server mode
+// The server under measure
 
-fn group() -> GroupKey {
-    GroupKey::new(Role::Ingress, "dc1", None)
+struct Server {
+    child: Option<Child>,
+    ready: Ready,
+    pid: u32,
+    http: reqwest::Client,
 }
 
-fn service_name(i: usize) -> String {
-    format!("svc-{i:05}")
-}
-
-fn endpoints_of(i: usize, endpoints: usize, salt: u64) -> Vec<u16> {
-    (0..endpoints)
-        .map(|e| (10000 + (i * 7 + e * 13 + salt as usize) % 50000) as u16)
-        .collect()
-}
-
-fn server_main(args: &Args) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    rt.block_on(async {
-        let metrics = Arc::new(meshgate::metrics::Metrics::new());
-        let store = meshgate::xds::Store::new(Debounce::NONE, metrics.clone());
-        let names: Vec<String> = (0..args.services).map(service_name).collect();
-        store.publish(
-            &group(),
-            Update::new()
-                .replace(names.iter().map(|n| cluster(n)))
-                .replace(
-                    (0..args.services).map(|i| cla(&names[i], &endpoints_of(i, args.endpoints, 0))),
-                ),
-        )?;
-        let streams = Arc::new(meshgate::xds::stream::StreamRegistry::default());
-        let xds = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let (xds_addr, admin_addr) = (xds.local_addr()?, admin.local_addr()?);
-        let server = meshgate::xds::XdsServer::new(store.clone(), streams.clone(), "dc1");
-        tokio::spawn(meshgate::admin::serve(
-            admin,
-            meshgate::admin::AdminState {
-                metrics,
-                streams,
-                store: store.clone(),
-                ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
-                sources: Default::default(),
-            },
-            std::future::pending(),
-        ));
-        tokio::spawn(server.serve(xds, None, std::future::pending()));
-        println!("ready {xds_addr} {admin_addr}");
-        std::io::stdout().flush()?;
-        // Commands on stdin: "change <i> <salt>", "break", "fix", "quit".
-        let (tx, mut rx) = mpsc::unbounded_channel::<String>();
-        std::thread::spawn(move || {
-            for line in std::io::stdin().lock().lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        while let Some(line) = rx.recv().await {
-            let parts: Vec<&str> = line.split_whitespace().collect();
-            let reply = match parts.as_slice() {
-                ["change", i, salt] => {
-                    let i: usize = i.parse()?;
-                    let salt: u64 = salt.parse()?;
-                    let g = store.publish(
-                        &group(),
-                        Update::new().upsert([cla(
-                            &service_name(i),
-                            &endpoints_of(i, args.endpoints, salt),
-                        )]),
-                    )?;
-                    format!("ok {}", g.unwrap_or(0))
-                }
-                ["break"] => {
-                    store.publish(&group(), Update::new().upsert([invalid_cluster("broken")]))?;
-                    "ok".into()
-                }
-                ["fix"] => {
-                    store.publish(
-                        &group(),
-                        Update::new().remove(ResourceType::Cluster, ["broken"]),
-                    )?;
-                    "ok".into()
-                }
-                ["quit"] | [] => break,
-                _ => format!("error unknown command {line:?}"),
-            };
-            println!("{reply}");
-            std::io::stdout().flush()?;
-        }
-        anyhow::Ok(())
-    })
-}
-
-struct ServerProcess {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: BufReader<std::process::ChildStdout>,
-    xds: SocketAddr,
-    admin: SocketAddr,
-}
-
-impl ServerProcess {
-    fn start(args: &Args, services: usize) -> anyhow::Result<ServerProcess> {
-        // MESHGATE_LOADGEN_WRAPPER runs the server under a profiler, e.g.
-        // "valgrind --tool=massif".
-        let wrapper = std::env::var("MESHGATE_LOADGEN_WRAPPER").unwrap_or_default();
-        let mut words: Vec<String> = wrapper.split_whitespace().map(String::from).collect();
-        words.push(std::env::current_exe()?.display().to_string());
-        let mut child = Command::new(&words[0])
-            .args(&words[1..])
-            .args([
-                "--server",
-                "--services",
-                &services.to_string(),
-                "--endpoints",
-                &args.endpoints.to_string(),
-            ])
-            .stdin(Stdio::piped())
+impl Server {
+    /// Starts a bench server binary that lives beside this one.
+    async fn spawn(binary: &str, args: &[String]) -> anyhow::Result<Server> {
+        let exe = std::env::current_exe()?;
+        let path = exe.with_file_name(binary);
+        anyhow::ensure!(
+            path.exists(),
+            "{} not found: build it with `cargo build --release --workspace --bins`",
+            path.display()
+        );
+        let mut child = Command::new(&path)
+            .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
-        let stdin = child.stdin.take().expect("stdin");
-        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
-        let mut line = String::new();
-        stdout.read_line(&mut line)?;
-        let parts: Vec<&str> = line.split_whitespace().collect();
-        anyhow::ensure!(parts.first() == Some(&"ready"), "server said {line:?}");
-        Ok(ServerProcess {
-            xds: parts[1].parse()?,
-            admin: parts[2].parse()?,
-            child,
-            stdin,
-            stdout,
+        let stdout = child.stdout.take().expect("stdout");
+        let line = tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+                .map(|_| line)
         })
+        .await??;
+        let ready: Ready = serde_json::from_str(line.trim())
+            .map_err(|e| anyhow::anyhow!("{binary} said {line:?}: {e}"))?;
+        let mut server = Server::attach(ready).await?;
+        server.child = Some(child);
+        Ok(server)
     }
 
-    fn command(&mut self, cmd: &str) -> anyhow::Result<String> {
-        writeln!(self.stdin, "{cmd}")?;
-        self.stdin.flush()?;
-        let mut line = String::new();
-        self.stdout.read_line(&mut line)?;
-        anyhow::ensure!(line.starts_with("ok"), "server: {line}");
-        Ok(line.trim().to_owned())
+    async fn attach(ready: Ready) -> anyhow::Result<Server> {
+        let mut server = Server {
+            child: None,
+            ready,
+            pid: 0,
+            http: reqwest::Client::builder().no_proxy().build()?,
+        };
+        server.pid = server.stats().await?.pid;
+        Ok(server)
     }
 
-    /// Resident memory (KiB) and CPU time (user+system) of the server process.
+    async fn change(&self, op: Op) -> anyhow::Result<Applied> {
+        let r = self
+            .http
+            .post(format!("http://{}/change", self.ready.control))
+            .json(&op)
+            .send()
+            .await?;
+        let status = r.status();
+        anyhow::ensure!(status.is_success(), "{op:?}: {status}: {}", r.text().await?);
+        Ok(r.json().await?)
+    }
+
+    async fn stats(&self) -> anyhow::Result<Stats> {
+        Ok(self
+            .http
+            .get(format!("http://{}/stats", self.ready.control))
+            .send()
+            .await?
+            .json()
+            .await?)
+    }
+
+    fn proc_file(&self, f: &str) -> String {
+        std::fs::read_to_string(format!("/proc/{}/{f}", self.pid)).unwrap_or_default()
+    }
+
+    /// Resident memory of the server process, KiB.
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .unwrap_or_default();
-        status
+        self.proc_file("status")
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .unwrap_or(0)
     }
 
+    /// CPU time (user + system) of the server process.
     fn cpu(&self) -> Duration {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name: utime is 14th, stime 15th of the whole line.
+        let stat = self.proc_file("stat");
         let after = stat.rsplit(')').next().unwrap_or_default();
         let f: Vec<&str> = after.split_whitespace().collect();
         let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
-        // After the name: state is field 3 (index 0); utime 14 and stime 15.
-        let ticks = field(11) + field(12);
-        Duration::from_millis(ticks * 10) // USER_HZ = 100
-    }
-
-    async fn admin_get(&self, path: &str) -> String {
-        let url = format!("http://{}{}", self.admin, path);
-        match reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .unwrap()
-            .get(&url)
-            .send()
-            .await
-        {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(e) => panic!("GET {url}: {e}"),
-        }
+        // After the command name, utime and stime are the 12th and 13th fields.
+        Duration::from_millis((field(11) + field(12)) * 10) // USER_HZ = 100
     }
 }
 
-impl Drop for ServerProcess {
+impl Drop for Server {
     fn drop(&mut self) {
-        let _ = writeln!(self.stdin, "quit");
-        let _ = self.stdin.flush();
-        for _ in 0..100 {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
 // ---------------------------------------------------------------------------------------------
-// Counting TCP bytes
+// Figures
 
-struct Counted {
-    inner: TcpStream,
-    read: Arc<AtomicU64>,
+#[derive(Serialize, Default, Clone, Copy)]
+struct Dist {
+    p50: f64,
+    p99: f64,
+    max: f64,
 }
 
-impl AsyncRead for Counted {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        self.read.fetch_add(n as u64, Ordering::Relaxed);
-        r
-    }
-}
-
-impl AsyncWrite for Counted {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-async fn counted_channel(addr: SocketAddr, read: Arc<AtomicU64>) -> tonic::transport::Channel {
-    Endpoint::from_static("http://meshgate")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let read = read.clone();
-            async move {
-                let inner = TcpStream::connect(addr).await?;
-                inner.set_nodelay(true)?;
-                Ok::<_, std::io::Error>(TokioIo::new(Counted { inner, read }))
-            }
-        }))
-        .await
-        .expect("connect")
-}
-
-// ---------------------------------------------------------------------------------------------
-// Streams
-
-#[derive(Default)]
-struct Violations {
-    duplicate_names: u64,
-    unexpected_responses: u64,
-    resent_after_nack: u64,
-    not_converged: u64,
-    leaked_streams: u64,
-}
-
-/// What a stream reports to the generator.
-enum Event {
-    Synced,
-    Got {
-        stream: usize,
-        type_url: String,
-        names: Vec<(String, String)>,
-        removed: usize,
-        at: Instant,
-        duplicate: bool,
-    },
-}
-
-/// One Envoy-like delta stream: wildcard CDS, EDS for every cluster, ACK everything.
-/// The stream `nack` NACKs the first CDS response after sync.
-async fn delta_stream(
-    id: usize,
-    ch: tonic::transport::Channel,
-    services: usize,
-    nack_next_cds: bool,
-    events: mpsc::UnboundedSender<Event>,
-) {
-    let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(16);
-    let mut client = AggregatedDiscoveryServiceClient::new(ch).max_decoding_message_size(1 << 30);
-    tx.send(DeltaDiscoveryRequest {
-        node: Some(node(&format!("load-{id}"))),
-        type_url: ResourceType::Cluster.type_url().into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let Ok(resp) = client
-        .delta_aggregated_resources(ReceiverStream::new(rx))
-        .await
-    else {
-        return;
-    };
-    let mut inbound = resp.into_inner();
-    // Sync is complete when every cluster and every assignment has arrived (large initial
-    // responses come in several chunks).
-    let (mut cds_seen, mut eds_seen) = (0usize, 0usize);
-    let mut subscribed = false;
-    let mut nack_pending = nack_next_cds;
-    while let Ok(Some(r)) = inbound.message().await {
-        let at = Instant::now();
-        let is_cds = r.type_url == ResourceType::Cluster.type_url();
-        if cds_seen < services || eds_seen < services {
-            if is_cds {
-                cds_seen += r.resources.len();
-            } else {
-                eds_seen += r.resources.len();
-            }
-            if !subscribed && is_cds {
-                subscribed = true;
-                let names = (0..services).map(service_name).collect();
-                let _ = tx
-                    .send(DeltaDiscoveryRequest {
-                        type_url: ResourceType::Endpoint.type_url().into(),
-                        resource_names_subscribe: names,
-                        ..Default::default()
-                    })
-                    .await;
-            }
-            ack(&tx, &r, None).await;
-            if cds_seen >= services && eds_seen >= services {
-                let _ = events.send(Event::Synced);
-            }
-            continue;
+impl Dist {
+    fn of(mut v: Vec<f64>) -> Dist {
+        if v.is_empty() {
+            return Dist {
+                p50: f64::NAN,
+                p99: f64::NAN,
+                max: f64::NAN,
+            };
         }
-        let mut seen = std::collections::HashSet::new();
-        let duplicate = !r.resources.iter().all(|x| seen.insert(x.name.clone()));
-        let error = (is_cds && nack_pending).then(|| {
-            nack_pending = false;
-            "load generator: rejecting on purpose".to_owned()
-        });
-        ack(&tx, &r, error).await;
-        let _ = events.send(Event::Got {
-            stream: id,
-            type_url: r.type_url.clone(),
-            names: r
-                .resources
-                .iter()
-                .map(|x| (x.name.clone(), x.version.clone()))
-                .collect(),
-            removed: r.removed_resources.len(),
-            at,
-            duplicate,
-        });
-    }
-}
-
-async fn ack(
-    tx: &mpsc::Sender<DeltaDiscoveryRequest>,
-    r: &DeltaDiscoveryResponse,
-    error: Option<String>,
-) {
-    let _ = tx
-        .send(DeltaDiscoveryRequest {
-            type_url: r.type_url.clone(),
-            response_nonce: r.nonce.clone(),
-            error_detail: error.as_deref().map(integration::client::rejection),
-            ..Default::default()
-        })
-        .await;
-}
-
-/// A state-of-the-world stream: wildcard CDS, EDS for every cluster, ACK everything.
-async fn sotw_stream(
-    id: usize,
-    ch: tonic::transport::Channel,
-    services: usize,
-    events: mpsc::UnboundedSender<Event>,
-) {
-    let (tx, rx) = mpsc::channel::<DiscoveryRequest>(16);
-    let mut client = AggregatedDiscoveryServiceClient::new(ch).max_decoding_message_size(1 << 30);
-    tx.send(DiscoveryRequest {
-        node: Some(node(&format!("sotw-{id}"))),
-        type_url: ResourceType::Cluster.type_url().into(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let Ok(resp) = client
-        .stream_aggregated_resources(ReceiverStream::new(rx))
-        .await
-    else {
-        return;
-    };
-    let mut inbound = resp.into_inner();
-    let eds_names: Vec<String> = (0..services).map(service_name).collect();
-    let (mut cds_seen, mut eds_seen) = (0usize, 0usize);
-    let mut subscribed = false;
-    while let Ok(Some(r)) = inbound.message().await {
-        let at = Instant::now();
-        let is_cds = r.type_url == ResourceType::Cluster.type_url();
-        let names = if is_cds || !subscribed {
-            Vec::new()
-        } else {
-            eds_names.clone()
-        };
-        if cds_seen < services || eds_seen < services {
-            if is_cds {
-                cds_seen = r.resources.len(); // full state
-            } else {
-                eds_seen += r.resources.len();
-            }
-            if !subscribed && is_cds {
-                subscribed = true;
-                // The EDS request; it also names what the stream wants from now on.
-                let _ = tx
-                    .send(DiscoveryRequest {
-                        type_url: ResourceType::Endpoint.type_url().into(),
-                        resource_names: eds_names.clone(),
-                        ..Default::default()
-                    })
-                    .await;
-            }
-            sotw_ack(
-                &tx,
-                &r,
-                if is_cds {
-                    Vec::new()
-                } else {
-                    eds_names.clone()
-                },
-            )
-            .await;
-            if cds_seen >= services && eds_seen >= services {
-                let _ = events.send(Event::Synced);
-            }
-            continue;
+        v.sort_by(|a, b| a.total_cmp(b));
+        let at = |p: f64| v[((v.len() as f64 - 1.0) * p).round() as usize];
+        Dist {
+            p50: at(0.5),
+            p99: at(0.99),
+            max: *v.last().unwrap(),
         }
-        sotw_ack(&tx, &r, names).await;
-        let _ = events.send(Event::Got {
-            stream: id,
-            type_url: r.type_url.clone(),
-            names: vec![(String::new(), r.version_info.clone()); r.resources.len()],
-            removed: 0,
-            at,
-            duplicate: false,
-        });
     }
 }
 
-async fn sotw_ack(tx: &mpsc::Sender<DiscoveryRequest>, r: &DiscoveryResponse, names: Vec<String>) {
-    let _ = tx.send(integration::client::sotw_ack(r, names)).await;
+/// One phase of changes.
+#[derive(Serialize, Default, Clone)]
+struct Phase {
+    name: String,
+    changes: usize,
+    /// From the change sent to the last stream's ACK, per change (ms).
+    convergence_ms: Dist,
+    /// Time the server spent before fan-out, as it reports it (ms).
+    server_ms: Dist,
+    /// Convergence minus server time (ms).
+    fanout_ms: Dist,
+    /// From the change to the first stream's ACK (ms).
+    first_stream_ms: Dist,
+    /// Every (stream, change) delivery (ms).
+    per_stream_ms: Dist,
+    /// TCP bytes received per stream per change (HTTP/2 and gRPC framing included).
+    bytes_per_stream_per_change: f64,
+    /// Responses each stream received per change (below 1: changes were coalesced).
+    responses_per_stream_per_change: f64,
+    server_cpu_ms_per_change: f64,
+    allocations_per_change: f64,
+    wall_ms: f64,
 }
 
-// ---------------------------------------------------------------------------------------------
-// Runs and figures
+/// A storm of (re)connections until every stream is synced.
+#[derive(Serialize, Default, Clone)]
+struct Storm {
+    name: String,
+    wall_ms: f64,
+    bytes_per_stream_mean: f64,
+    bytes_per_stream_max: u64,
+    server_cpu_ms: f64,
+}
 
 #[derive(Serialize, Default, Clone)]
 struct RunResult {
+    server: &'static str,
     protocol: &'static str,
     services: usize,
     endpoints: usize,
     streams: usize,
-    changes: usize,
-    connect_storm_ms: f64,
-    convergence_ms_p50: f64,
-    convergence_ms_p99: f64,
-    convergence_ms_max: f64,
-    bytes_per_stream_per_change: f64,
-    changed_cla_encoded_bytes: usize,
+    storms: Vec<Storm>,
     server_rss_per_stream_kib: f64,
-    server_cpu_ms_per_change: f64,
     server_idle_cpu_percent: f64,
-    duplicate_names: u64,
-    unexpected_responses: u64,
-    resent_after_nack: u64,
-    not_converged: u64,
-    leaked_streams: u64,
+    /// Encoded size of one changed ClusterLoadAssignment.
+    changed_cla_encoded_bytes: usize,
+    phases: Vec<Phase>,
+    violations: Violations,
+    /// State of the world: clusters a reconnect's first CDS response removed while an older
+    /// route still named them (the protocol does not tell the server what the client holds).
+    sotw_reconnect_dangling_routes: u64,
+    /// Streams that failed (refused, reset, closed by the server) and were retried as
+    /// Envoy retries them; the first error.
+    stream_retries: u64,
+    first_retry_error: Option<String>,
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
+impl RunResult {
+    fn phase(&self, name: &str) -> Option<&Phase> {
+        self.phases.iter().find(|p| p.name == name)
     }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
+    fn storm(&self, name: &str) -> Option<&Storm> {
+        self.storms.iter().find(|s| s.name == name)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// One run: a server, N streams, phases
+
+struct Handle {
+    cmd: mpsc::UnboundedSender<Cmd>,
+    read: Arc<AtomicU64>,
+}
+
+/// A change on its way to every stream.
+struct Pending {
+    t0: Instant,
+    server_us: u64,
+    want: Vec<(usize, Name, bool)>,
+    /// Per stream, a bit per `want` entry not yet seen.
+    left: Vec<u32>,
+    done: usize,
+    first: Option<Instant>,
+    last: Option<Instant>,
+    per_stream: Vec<f64>,
+}
+
+struct Run {
+    server: Server,
+    shared: Rc<Shared>,
+    streams: Vec<Handle>,
+    events: mpsc::UnboundedReceiver<Event>,
+    services: usize,
+    next_service: usize,
+    responses: u64,
+    errors_shown: usize,
+}
+
+impl Run {
+    fn start(server: Server, target: Target, protocol: Protocol, n: usize, services: usize) -> Run {
+        let (tx, events) = mpsc::unbounded_channel();
+        let shared = Shared::new(target, protocol, tx);
+        let mut streams = Vec::with_capacity(n);
+        for id in 0..n {
+            let (cmd, rx) = mpsc::unbounded_channel();
+            let read = Arc::new(AtomicU64::new(0));
+            let s = EnvoyStream::new(id, shared.clone(), read.clone());
+            tokio::task::spawn_local(s.run(rx, services));
+            streams.push(Handle { cmd, read });
+        }
+        Run {
+            server,
+            shared,
+            streams,
+            events,
+            services,
+            next_service: services,
+            responses: 0,
+            errors_shown: 0,
+        }
+    }
+
+    fn bytes(&self) -> Vec<u64> {
+        self.streams
+            .iter()
+            .map(|s| s.read.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    fn note_closed(&mut self, stream: usize, error: &str) {
+        if self.errors_shown < 5 {
+            eprintln!("  stream {stream}: {error}");
+            self.errors_shown += 1;
+        }
+    }
+
+    /// Waits until every stream reports `Synced` (after connecting or reconnecting).
+    async fn wait_synced(&mut self, name: &str, before: Vec<u64>) -> anyhow::Result<Storm> {
+        let start = Instant::now();
+        let cpu0 = self.server.cpu();
+        let mut synced = vec![false; self.streams.len()];
+        let mut n = 0;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while n < synced.len() {
+            let ev = tokio::time::timeout_at(deadline.into(), self.events.recv()).await;
+            match ev {
+                Ok(Some(Event {
+                    stream,
+                    kind: EventKind::Synced,
+                    ..
+                })) => {
+                    if !synced[stream] {
+                        synced[stream] = true;
+                        n += 1;
+                    }
+                }
+                Ok(Some(Event {
+                    stream,
+                    kind: EventKind::Closed { error },
+                    ..
+                })) => self.note_closed(stream, &error),
+                Ok(Some(_)) => {}
+                _ => anyhow::bail!("{name}: only {n} of {} streams synced", synced.len()),
+            }
+        }
+        let wall = start.elapsed();
+        let after = self.bytes();
+        let per: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+        Ok(Storm {
+            name: name.into(),
+            wall_ms: wall.as_secs_f64() * 1000.0,
+            bytes_per_stream_mean: per.iter().sum::<u64>() as f64 / per.len() as f64,
+            bytes_per_stream_max: per.iter().copied().max().unwrap_or(0),
+            server_cpu_ms: (self.server.cpu() - cpu0).as_secs_f64() * 1000.0,
+        })
+    }
+
+    /// Handles events until `until`, matching them against pending changes.
+    async fn pump(&mut self, pending: &mut [Pending], until: Instant) {
+        loop {
+            let all_done = pending.iter().all(|p| p.done == p.left.len());
+            if all_done {
+                return;
+            }
+            let ev = match tokio::time::timeout_at(until.into(), self.events.recv()).await {
+                Ok(Some(ev)) => ev,
+                _ => return,
+            };
+            match ev.kind {
+                EventKind::Response {
+                    ty,
+                    updated,
+                    removed,
+                } => {
+                    self.responses += 1;
+                    for p in pending.iter_mut() {
+                        let left = &mut p.left[ev.stream];
+                        if *left == 0 || ev.at < p.t0 {
+                            continue;
+                        }
+                        for (k, (wty, name, rm)) in p.want.iter().enumerate() {
+                            let bit = 1 << k;
+                            if *left & bit == 0 || *wty != ty {
+                                continue;
+                            }
+                            let hit = if *rm {
+                                removed.contains(name)
+                            } else {
+                                updated.contains(name)
+                            };
+                            if hit {
+                                *left &= !bit;
+                            }
+                        }
+                        if *left == 0 {
+                            p.done += 1;
+                            p.first.get_or_insert(ev.at);
+                            p.last = Some(ev.at);
+                            p.per_stream.push((ev.at - p.t0).as_secs_f64() * 1000.0);
+                        }
+                    }
+                }
+                EventKind::Closed { error } => self.note_closed(ev.stream, &error),
+                EventKind::Synced => {}
+            }
+        }
+    }
+
+    async fn issue(&mut self, op: Op) -> anyhow::Result<Pending> {
+        let t0 = Instant::now();
+        let applied = self.server.change(op).await?;
+        let mut want = Vec::new();
+        for (list, rm) in [(&applied.updated, false), (&applied.removed, true)] {
+            for t in list {
+                if let Some(ty) = type_index(&t.type_url) {
+                    want.push((ty, self.shared.intern(&t.name), rm));
+                }
+            }
+        }
+        anyhow::ensure!(want.len() <= 32, "a change touching more than 32 resources");
+        let mask = if want.is_empty() {
+            0
+        } else {
+            u32::MAX >> (32 - want.len())
+        };
+        let n = self.streams.len();
+        Ok(Pending {
+            t0,
+            server_us: applied.server_us,
+            want,
+            left: vec![mask; n],
+            done: if mask == 0 { n } else { 0 },
+            first: None,
+            last: None,
+            per_stream: Vec::with_capacity(n),
+        })
+    }
+
+    /// Sends `ops` at `interval` (zero: each after the previous converged) and measures.
+    async fn phase(
+        &mut self,
+        name: &str,
+        ops: Vec<Op>,
+        interval: Duration,
+    ) -> anyhow::Result<Phase> {
+        let count = ops.len();
+        let bytes0: u64 = self.bytes().iter().sum();
+        let cpu0 = self.server.cpu();
+        let alloc0 = self.server.stats().await?.allocations;
+        let responses0 = self.responses;
+        let start = Instant::now();
+        let mut pending: Vec<Pending> = Vec::new();
+        let mut finished: Vec<Pending> = Vec::new();
+        for (k, op) in ops.into_iter().enumerate() {
+            if interval.is_zero() {
+                let mut p = vec![self.issue(op).await?];
+                self.pump(&mut p, Instant::now() + Duration::from_secs(10))
+                    .await;
+                finished.extend(p);
+            } else {
+                let at = start + interval * k as u32;
+                self.pump(&mut pending, at).await;
+                tokio::time::sleep_until(at.into()).await;
+                pending.push(self.issue(op).await?);
+            }
+        }
+        self.pump(&mut pending, Instant::now() + Duration::from_secs(10))
+            .await;
+        finished.extend(pending);
+        // Let anything unexpected arrive before the next phase.
+        let mut none: Vec<Pending> = Vec::new();
+        self.pump(&mut none, Instant::now() + Duration::from_millis(100))
+            .await;
+        let wall = start.elapsed();
+        let (mut warming_left, mut unconverged) = (0, 0);
+        let (mut conv, mut server, mut fanout, mut first, mut per) =
+            (vec![], vec![], vec![], vec![], vec![]);
+        for p in &finished {
+            for (s, left) in p.left.iter().enumerate() {
+                if *left == 0 {
+                    continue;
+                }
+                // Only assignments missing after their cluster arrived: a cluster left warming.
+                let warming = p
+                    .want
+                    .iter()
+                    .enumerate()
+                    .all(|(k, (ty, _, _))| *left & (1 << k) == 0 || *ty == EDS)
+                    && p.want.iter().any(|(ty, _, _)| *ty == CDS);
+                if warming {
+                    warming_left += 1;
+                } else {
+                    unconverged += 1;
+                }
+                if self.errors_shown < 5 {
+                    eprintln!("  {name}: stream {s} did not converge: {:?}", p.want);
+                    self.errors_shown += 1;
+                }
+            }
+            let server_ms = p.server_us as f64 / 1000.0;
+            if let Some(last) = p.last {
+                let c = (last - p.t0).as_secs_f64() * 1000.0;
+                conv.push(c);
+                fanout.push((c - server_ms).max(0.0));
+            }
+            if let Some(f) = p.first {
+                first.push((f - p.t0).as_secs_f64() * 1000.0);
+            }
+            server.push(server_ms);
+            per.extend_from_slice(&p.per_stream);
+        }
+        {
+            let mut v = self.shared.violations.borrow_mut();
+            v.eds_left_warming += warming_left;
+            v.not_converged += unconverged;
+        }
+        let n = self.streams.len() as f64;
+        let c = count.max(1) as f64;
+        let bytes1: u64 = self.bytes().iter().sum();
+        let alloc1 = self.server.stats().await?.allocations;
+        Ok(Phase {
+            name: name.into(),
+            changes: count,
+            convergence_ms: Dist::of(conv),
+            server_ms: Dist::of(server),
+            fanout_ms: Dist::of(fanout),
+            first_stream_ms: Dist::of(first),
+            per_stream_ms: Dist::of(per),
+            bytes_per_stream_per_change: (bytes1 - bytes0) as f64 / n / c,
+            responses_per_stream_per_change: (self.responses - responses0) as f64 / n / c,
+            server_cpu_ms_per_change: (self.server.cpu() - cpu0).as_secs_f64() * 1000.0 / c,
+            allocations_per_change: alloc1.saturating_sub(alloc0) as f64 / c,
+            wall_ms: wall.as_secs_f64() * 1000.0,
+        })
+    }
+
+    fn send_all(&self, mut cmd: impl FnMut() -> Cmd) {
+        for s in &self.streams {
+            let _ = s.cmd.send(cmd());
+        }
+    }
+
+    /// Disconnects every stream and waits for the server to let them go.
+    async fn disconnect(&mut self) -> anyhow::Result<u64> {
+        self.send_all(|| Cmd::Disconnect);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = self.server.stats().await?.streams;
+            if left == 0 || Instant::now() > deadline {
+                return Ok(left);
+            }
+            // Keep the event queue drained while streams close.
+            let mut none: Vec<Pending> = Vec::new();
+            self.pump(&mut none, Instant::now() + Duration::from_millis(50))
+                .await;
+        }
+    }
+
+    async fn reconnect(&mut self, name: &str, gone: Rc<[Name]>) -> anyhow::Result<Storm> {
+        let before = self.bytes();
+        let expect = self.services;
+        self.send_all(|| Cmd::Connect {
+            expect_clusters: expect,
+            gone: gone.clone(),
+        });
+        self.wait_synced(name, before).await
+    }
+
+    fn endpoint_ops(&self, count: usize, salt: usize) -> Vec<Op> {
+        (0..count)
+            .map(|c| Op::Endpoint {
+                service: (salt + c * 37) % self.services,
+            })
+            .collect()
+    }
+}
+
+struct Plan {
+    server: &'static str,
+    protocol: Protocol,
+    services: usize,
+    streams: usize,
 }
 
 async fn run(
     args: &Args,
-    protocol: &'static str,
-    services: usize,
-    streams: usize,
+    plan: &Plan,
+    target: Option<(Target, Ready)>,
 ) -> anyhow::Result<RunResult> {
-    let mut server = ServerProcess::start(args, services)?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let rss_before = server.rss_kib();
-    let read = Arc::new(AtomicU64::new(0));
-    let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    let nack_stream = 0;
-    for id in 0..streams {
-        let ch = counted_channel(server.xds, read.clone()).await;
-        let tx = ev_tx.clone();
-        tasks.push(match protocol {
-            "delta" => tokio::spawn(delta_stream(id, ch, services, id == nack_stream, tx)),
-            _ => tokio::spawn(sotw_stream(id, ch, services, tx)),
-        });
-    }
-    let mut v = Violations::default();
-    let mut synced = 0;
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while synced < streams {
-        match tokio::time::timeout_at(deadline.into(), ev_rx.recv()).await {
-            Ok(Some(Event::Synced)) => synced += 1,
-            Ok(Some(Event::Got { .. })) => v.unexpected_responses += 1,
-            _ => anyhow::bail!("only {synced} of {streams} streams synced"),
+    let (server, target) = match target {
+        Some((t, ready)) => (Server::attach(ready).await?, t),
+        None => {
+            let binary = match plan.server {
+                "floor" => "meshgate-floor",
+                _ => "meshgate-benchserver",
+            };
+            let server = Server::spawn(
+                binary,
+                &[
+                    "--services".into(),
+                    plan.services.to_string(),
+                    "--endpoints".into(),
+                    args.endpoints.to_string(),
+                ],
+            )
+            .await?;
+            let target = target_of(args, server.ready.xds)?;
+            (server, target)
         }
-    }
-    let storm = start.elapsed();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let rss_after = server.rss_kib();
-
-    // Idle CPU over 2 s.
-    let cpu0 = server.cpu();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let idle = server.cpu() - cpu0;
-
-    // Endpoint changes, one at a time; each must reach every stream.
-    let mut samples: Vec<f64> = Vec::new();
-    let mut bytes = 0u64;
-    let cpu_start = server.cpu();
-    let mut cla_size = 0;
-    for c in 0..args.changes {
-        let svc = (c * 37) % services;
-        let name = service_name(svc);
-        let want = cla(&name, &endpoints_of(svc, args.endpoints, c as u64 + 1));
-        cla_size = prost::Message::encoded_len(&want);
-        let b0 = read.load(Ordering::Relaxed);
-        let t0 = Instant::now();
-        server.command(&format!("change {svc} {}", c + 1))?;
-        let mut got = vec![false; streams];
-        let mut n = 0;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while n < streams {
-            match tokio::time::timeout_at(deadline.into(), ev_rx.recv()).await {
-                Ok(Some(Event::Got {
-                    stream,
-                    type_url,
-                    names,
-                    duplicate,
-                    at,
-                    removed,
-                })) => {
-                    v.duplicate_names += duplicate as u64;
-                    let ok = type_url == ResourceType::Endpoint.type_url()
-                        && names.len() == 1
-                        && (protocol == "sotw" || names[0].0 == name)
-                        && removed == 0;
-                    if !ok || got[stream] {
-                        v.unexpected_responses += 1;
-                        continue;
-                    }
-                    got[stream] = true;
-                    n += 1;
-                    samples.push((at - t0).as_secs_f64() * 1000.0);
-                }
-                _ => {
-                    v.not_converged += (streams - n) as u64;
-                    break;
-                }
-            }
-        }
-        // Let stragglers (anything unexpected) arrive before the next change.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        while let Ok(ev) = ev_rx.try_recv() {
-            if let Event::Got { .. } = ev {
-                v.unexpected_responses += 1;
-            }
-        }
-        bytes += read.load(Ordering::Relaxed) - b0;
-    }
-    let cpu_changes = server.cpu() - cpu_start;
-
-    // A NACK from one stream: the bad version must reach every stream once and never again.
-    if protocol == "delta" {
-        server.command("break")?;
-        let mut cds = 0;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while cds < streams {
-            match tokio::time::timeout_at(deadline.into(), ev_rx.recv()).await {
-                Ok(Some(Event::Got { type_url, .. }))
-                    if type_url == ResourceType::Cluster.type_url() =>
-                {
-                    cds += 1
-                }
-                Ok(Some(_)) => v.unexpected_responses += 1,
-                _ => {
-                    v.not_converged += (streams - cds) as u64;
-                    break;
-                }
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        while let Ok(ev) = ev_rx.try_recv() {
-            if let Event::Got { type_url, .. } = ev {
-                if type_url == ResourceType::Cluster.type_url() {
-                    v.resent_after_nack += 1;
-                } else {
-                    v.unexpected_responses += 1;
-                }
-            }
-        }
-        server.command("fix")?;
-    }
-
-    // Disconnect everything: the server must free every stream.
-    for t in &tasks {
-        t.abort();
-    }
-    drop(tasks);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let streams_left: Vec<serde_json::Value> =
-            serde_json::from_str(&server.admin_get("/debug/streams").await).unwrap_or_default();
-        if streams_left.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            v.leaked_streams = streams_left.len() as u64;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let metrics = server.admin_get("/metrics").await;
-    let gauge = integration::harness::metric_value(
-        &metrics,
-        &format!("meshgate_xds_connected_streams{{protocol=\"{protocol}\"}}"),
-    );
-    v.leaked_streams = v.leaked_streams.max(gauge as u64);
-
-    samples.sort_by(|a, b| a.total_cmp(b));
-    Ok(RunResult {
-        protocol,
-        services,
+    };
+    let floor = plan.server == "floor" || args.endpoint_only;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let rss0 = server.rss_kib();
+    let mut r = RunResult {
+        server: plan.server,
+        protocol: plan.protocol.as_str(),
+        services: plan.services,
         endpoints: args.endpoints,
-        streams,
-        changes: args.changes,
-        connect_storm_ms: storm.as_secs_f64() * 1000.0,
-        convergence_ms_p50: percentile(&samples, 0.50),
-        convergence_ms_p99: percentile(&samples, 0.99),
-        convergence_ms_max: samples.last().copied().unwrap_or(f64::NAN),
-        bytes_per_stream_per_change: bytes as f64 / (streams * args.changes.max(1)) as f64,
-        changed_cla_encoded_bytes: cla_size,
-        server_rss_per_stream_kib: (rss_after.saturating_sub(rss_before)) as f64 / streams as f64,
-        server_cpu_ms_per_change: cpu_changes.as_secs_f64() * 1000.0 / args.changes.max(1) as f64,
-        server_idle_cpu_percent: idle.as_secs_f64() / 2.0 * 100.0,
-        duplicate_names: v.duplicate_names,
-        unexpected_responses: v.unexpected_responses,
-        resent_after_nack: v.resent_after_nack,
-        not_converged: v.not_converged,
-        leaked_streams: v.leaked_streams,
+        streams: plan.streams,
+        changed_cla_encoded_bytes: {
+            let w = integration::bench::Workload::new(plan.services, args.endpoints);
+            prost::Message::encoded_len(&w.assignment(0))
+        },
+        ..Default::default()
+    };
+    let mut run = Run::start(server, target, plan.protocol, plan.streams, plan.services);
+    let zero = vec![0; plan.streams];
+    r.storms.push(run.wait_synced("connect", zero).await?);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    r.server_rss_per_stream_kib =
+        run.server.rss_kib().saturating_sub(rss0) as f64 / plan.streams as f64;
+
+    // Idle: nothing changes, nothing may be sent.
+    let responses0 = run.responses;
+    let cpu0 = run.server.cpu();
+    let mut none: Vec<Pending> = Vec::new();
+    run.pump(
+        &mut none,
+        Instant::now() + Duration::from_secs_f64(args.idle),
+    )
+    .await;
+    r.server_idle_cpu_percent = (run.server.cpu() - cpu0).as_secs_f64() / args.idle * 100.0;
+    let idle_responses = run.responses - responses0;
+    if idle_responses > 0 {
+        let mut v = run.shared.violations.borrow_mut();
+        v.response_with_nothing_new += idle_responses;
+        v.examples.push(format!(
+            "{idle_responses} responses while nothing changed (idle)"
+        ));
+    }
+
+    let interval = Duration::from_secs_f64(1.0 / args.rate);
+    let ops = run.endpoint_ops(args.changes, 0);
+    r.phases.push(run.phase("endpoint", ops, interval).await?);
+    if !floor {
+        let added: Vec<usize> = (0..if args.short { 3 } else { 5 })
+            .map(|k| run.next_service + k)
+            .collect();
+        run.next_service += added.len();
+        let ops = added.iter().map(|&s| Op::Add { service: s }).collect();
+        r.phases
+            .push(run.phase("add service", ops, Duration::ZERO).await?);
+        run.services += added.len();
+        let ops = added.iter().map(|&s| Op::Remove { service: s }).collect();
+        r.phases
+            .push(run.phase("remove service", ops, Duration::ZERO).await?);
+        run.services -= added.len();
+        let ops = (0..5)
+            .map(|k| Op::Cluster {
+                service: (k * 101) % run.services,
+            })
+            .collect();
+        r.phases
+            .push(run.phase("cluster only", ops, Duration::ZERO).await?);
+        // 10% of the services inside one second.
+        let tenth = (run.services / 10).max(1);
+        let ops = run.endpoint_ops(tenth, 11);
+        r.phases.push(
+            run.phase(
+                "rolling 10% in 1 s",
+                ops,
+                Duration::from_secs(1) / tenth as u32,
+            )
+            .await?,
+        );
+        // Reconnect storms.
+        run.disconnect().await?;
+        r.storms.push(
+            run.reconnect("reconnect, nothing changed", Rc::from([]))
+                .await?,
+        );
+        run.disconnect().await?;
+        let gone: Vec<usize> = (0..(run.services / 20).max(1))
+            .map(|k| (k * 19 + 3) % run.services)
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        for &s in &gone {
+            run.server.change(Op::Remove { service: s }).await?;
+        }
+        run.services -= gone.len();
+        // Each stream checks, once synced, that it holds none of them (R18).
+        let gone_names: Rc<[Name]> = gone
+            .iter()
+            .map(|&s| run.shared.intern(&service_name(s)))
+            .collect();
+        r.storms.push(
+            run.reconnect("reconnect, 5% removed meanwhile", gone_names)
+                .await?,
+        );
+        // A NACK from one stream: the others converge, the rejected version is not resent.
+        let _ = run.streams[0].cmd.send(Cmd::NackNext(CDS));
+        let service = (0..run.next_service)
+            .find(|s| !gone.contains(s))
+            .expect("a service");
+        let p = run
+            .phase(
+                "cluster change NACKed by one stream",
+                vec![Op::Cluster { service }],
+                Duration::ZERO,
+            )
+            .await?;
+        r.phases.push(p);
+        let mut none: Vec<Pending> = Vec::new();
+        run.pump(&mut none, Instant::now() + Duration::from_millis(500))
+            .await;
+    }
+    let leaked = run.disconnect().await?;
+    run.shared.violations.borrow_mut().leaked_streams += leaked;
+    r.violations = run.shared.violations.borrow().clone();
+    r.sotw_reconnect_dangling_routes = run.shared.dangling_on_resync.get();
+    r.stream_retries = run.shared.retries.get();
+    r.first_retry_error = run.shared.first_retry_error.borrow().clone();
+    Ok(r)
+}
+
+fn target_of(args: &Args, xds: std::net::SocketAddr) -> anyhow::Result<Target> {
+    let tls = match &args.tls_ca {
+        None => None,
+        Some(ca) => Some(TlsSettings {
+            ca_pem: std::fs::read(ca).map_err(|e| anyhow::anyhow!("{}: {e}", ca.display()))?,
+            identity_pem: match (&args.tls_cert, &args.tls_key) {
+                (Some(c), Some(k)) => Some((
+                    std::fs::read(c).map_err(|e| anyhow::anyhow!("{}: {e}", c.display()))?,
+                    std::fs::read(k).map_err(|e| anyhow::anyhow!("{}: {e}", k.display()))?,
+                )),
+                _ => None,
+            },
+            server_name: args.tls_server_name.clone(),
+        }),
+    };
+    let node_metadata = if args.node_metadata.is_empty() {
+        vec![
+            ("role".to_owned(), "ingress".to_owned()),
+            ("datacenter".to_owned(), "dc1".to_owned()),
+        ]
+    } else {
+        args.node_metadata.clone()
+    };
+    Ok(Target {
+        xds,
+        tls,
+        node_id: args.node_id.clone(),
+        node_cluster: args.node_cluster.clone(),
+        node_metadata,
     })
 }
 
-fn print_table(results: &[RunResult]) {
+// ---------------------------------------------------------------------------------------------
+// Report
+
+fn print_run(r: &RunResult, floor: Option<&RunResult>) {
     println!(
-        "\n{:<6} {:>8} {:>8} {:>10} {:>9} {:>9} {:>9} {:>10} {:>8} {:>10} {:>9} {:>6}",
-        "proto",
-        "services",
-        "streams",
-        "storm ms",
-        "p50 ms",
-        "p99 ms",
-        "max ms",
-        "B/str/chg",
-        "CLA B",
-        "KiB/strm",
-        "cpu ms/c",
-        "idle%"
+        "\n== {} {}: {} services x {} endpoints, {} streams",
+        r.server, r.protocol, r.services, r.endpoints, r.streams
     );
-    for r in results {
+    for s in &r.storms {
         println!(
-            "{:<6} {:>8} {:>8} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>10.0} {:>8} {:>10.1} {:>9.2} {:>6.2}",
-            r.protocol,
-            r.services,
-            r.streams,
-            r.connect_storm_ms,
-            r.convergence_ms_p50,
-            r.convergence_ms_p99,
-            r.convergence_ms_max,
-            r.bytes_per_stream_per_change,
-            r.changed_cla_encoded_bytes,
-            r.server_rss_per_stream_kib,
-            r.server_cpu_ms_per_change,
-            r.server_idle_cpu_percent,
+            "  {:<34} {:>9.0} ms   {:>10.0} B/stream (max {})   server cpu {:.0} ms",
+            s.name, s.wall_ms, s.bytes_per_stream_mean, s.bytes_per_stream_max, s.server_cpu_ms
         );
     }
-    println!("\ncorrectness counters (must all be 0):");
-    for r in results {
+    println!(
+        "  server RSS per stream {:.1} KiB; idle CPU {:.2}% of a core; one changed CLA encodes to {} B",
+        r.server_rss_per_stream_kib, r.server_idle_cpu_percent, r.changed_cla_encoded_bytes
+    );
+    println!(
+        "  {:<36} {:>4} {:>8} {:>8} {:>8} {:>7} {:>8} {:>8} {:>9} {:>6} {:>8} {:>8}",
+        "phase (ms: to last stream's ACK)",
+        "n",
+        "p50",
+        "p99",
+        "max",
+        "server",
+        "fanout99",
+        "first50",
+        "B/str/chg",
+        "resp",
+        "cpu/chg",
+        "allocs"
+    );
+    for p in &r.phases {
         println!(
-            "  {} {}x{}: duplicate names {}, unexpected responses {}, resent after NACK {}, not converged {}, leaked streams {}",
-            r.protocol,
-            r.services,
-            r.streams,
-            r.duplicate_names,
-            r.unexpected_responses,
-            r.resent_after_nack,
-            r.not_converged,
-            r.leaked_streams
+            "  {:<36} {:>4} {:>8.2} {:>8.2} {:>8.2} {:>7.2} {:>8.2} {:>8.2} {:>9.0} {:>6.2} {:>8.2} {:>8.0}",
+            p.name,
+            p.changes,
+            p.convergence_ms.p50,
+            p.convergence_ms.p99,
+            p.convergence_ms.max,
+            p.server_ms.p50,
+            p.fanout_ms.p99,
+            p.first_stream_ms.p50,
+            p.bytes_per_stream_per_change,
+            p.responses_per_stream_per_change,
+            p.server_cpu_ms_per_change,
+            p.allocations_per_change,
         );
+    }
+    if let (Some(f), Some(m)) = (floor.and_then(|f| f.phase("endpoint")), r.phase("endpoint")) {
+        println!(
+            "  floor (same bytes, same streams): endpoint p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms -> meshgate / floor: p50 {:.2}x, p99 {:.2}x",
+            f.convergence_ms.p50,
+            f.convergence_ms.p99,
+            f.convergence_ms.max,
+            m.convergence_ms.p50 / f.convergence_ms.p50,
+            m.convergence_ms.p99 / f.convergence_ms.p99,
+        );
+        if let (Some(fs), Some(ms)) = (floor.and_then(|f| f.storm("connect")), r.storm("connect")) {
+            println!(
+                "  floor connect storm {:.0} ms -> meshgate / floor {:.2}x",
+                fs.wall_ms,
+                ms.wall_ms / fs.wall_ms
+            );
+        }
+    }
+    let v = &r.violations;
+    println!(
+        "  violations (all must be 0): route to missing cluster {}, EDS left warming {}, duplicate names {}, nothing new {}, resent after NACK {}, not converged {}, stale after reconnect {}, leaked streams {}, stream errors {}",
+        v.route_to_missing_cluster,
+        v.eds_left_warming,
+        v.duplicate_names,
+        v.response_with_nothing_new,
+        v.resent_after_nack,
+        v.not_converged,
+        v.stale_after_reconnect,
+        v.leaked_streams,
+        v.stream_errors
+    );
+    if r.stream_retries > 0 {
+        println!(
+            "  {} streams failed and were retried (first: {})",
+            r.stream_retries,
+            r.first_retry_error.as_deref().unwrap_or_default()
+        );
+    }
+    if r.sotw_reconnect_dangling_routes > 0 {
+        println!(
+            "  state of the world: {} clusters removed under an older route by a reconnect's first CDS response (not a violation: the protocol does not say what the client holds)",
+            r.sotw_reconnect_dangling_routes
+        );
+    }
+    for e in &v.examples {
+        println!("    {e}");
     }
 }
 
-async fn generator(args: Args) -> anyhow::Result<()> {
-    let mut plan: Vec<(&'static str, usize, usize)> = Vec::new();
-    let mut args = args;
+async fn generator(mut args: Args) -> anyhow::Result<()> {
+    let mut plans: Vec<Plan> = Vec::new();
+    let protocol = |s: &str| {
+        if s == "sotw" {
+            Protocol::Sotw
+        } else {
+            Protocol::Delta
+        }
+    };
+    if let Some(xds) = args.xds {
+        let plan = Plan {
+            server: "external",
+            protocol: protocol(&args.protocol),
+            services: args.services,
+            streams: args.streams,
+        };
+        let ready = Ready {
+            xds,
+            control: args.control.expect("clap requires --control with --xds"),
+        };
+        let target = target_of(&args, xds)?;
+        let r = run(&args, &plan, Some((target, ready))).await?;
+        print_run(&r, None);
+        return finish(&args, vec![r]);
+    }
     if args.short {
-        args.changes = 5;
-        plan.push(("delta", 100, 50));
-        plan.push(("sotw", 100, 20));
+        args.changes = 8;
+        args.idle = 0.3;
+        args.rate = 50.0;
+        for (server, protocol, services, streams) in [
+            ("meshgate", Protocol::Delta, 100, 50),
+            ("floor", Protocol::Delta, 100, 50),
+            ("meshgate", Protocol::Sotw, 100, 20),
+        ] {
+            plans.push(Plan {
+                server,
+                protocol,
+                services,
+                streams,
+            });
+        }
     } else {
-        plan.push(("delta", args.services, args.streams));
+        let mut add = |protocol, services, streams| {
+            plans.push(Plan {
+                server: "meshgate",
+                protocol,
+                services,
+                streams,
+            });
+            if !args.no_floor {
+                plans.push(Plan {
+                    server: "floor",
+                    protocol,
+                    services,
+                    streams,
+                });
+            }
+        };
+        add(Protocol::Delta, args.services, args.streams);
         if args.sotw_streams > 0 {
-            plan.push(("sotw", args.services, args.sotw_streams));
+            add(Protocol::Sotw, args.services, args.sotw_streams);
         }
         if args.large {
-            plan.push(("delta", 10_000, 100));
+            add(Protocol::Delta, 10_000, 100);
         }
     }
-    let mut results = Vec::new();
-    for (protocol, services, streams) in plan {
+    let mut results: Vec<RunResult> = Vec::new();
+    for plan in &plans {
         eprintln!(
-            "running {protocol}: {services} services x {} endpoints, {streams} streams",
-            args.endpoints
+            "running {} {}: {} services x {} endpoints, {} streams",
+            plan.server,
+            plan.protocol.as_str(),
+            plan.services,
+            args.endpoints,
+            plan.streams
         );
-        results.push(run(&args, protocol, services, streams).await?);
+        let r = run(&args, plan, None).await?;
+        print_run(&r, None);
+        results.push(r);
     }
-    print_table(&results);
-    let commit = integration::git_commit();
+    println!("\n==================== summary ====================");
+    for r in results.iter().filter(|r| r.server != "floor") {
+        let floor = results.iter().find(|f| {
+            f.server == "floor"
+                && f.protocol == r.protocol
+                && f.services == r.services
+                && f.streams == r.streams
+        });
+        print_run(r, floor);
+    }
+    finish(&args, results)
+}
+
+fn finish(args: &Args, results: Vec<RunResult>) -> anyhow::Result<()> {
+    let translation: Option<serde_json::Value> = std::fs::read_to_string(&args.translation)
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok());
     let json = serde_json::json!({
-        "commit": commit,
+        "commit": integration::git_commit(),
         "short": args.short,
+        "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "workload": {
+            "endpoints_per_service": args.endpoints,
+            "resources_per_service": "an EDS cluster, its ClusterLoadAssignment, a virtual host in one RouteConfiguration; one Listener",
+        },
         "runs": results,
+        "translation": translation,
     });
-    if let Some(dir) = std::path::Path::new(&args.out).parent() {
+    if let Some(dir) = args.out.parent() {
         std::fs::create_dir_all(dir)?;
     }
     std::fs::write(&args.out, serde_json::to_string_pretty(&json)?)?;
-    println!("\nresults written to {}", args.out);
-    let bad: u64 = results
-        .iter()
-        .map(|r| {
-            r.duplicate_names
-                + r.unexpected_responses
-                + r.resent_after_nack
-                + r.not_converged
-                + r.leaked_streams
-        })
-        .sum();
+    println!("\nresults written to {}", args.out.display());
+    // Floor runs count too: a broken floor is a broken measure.
+    let failed = results.iter().filter(|r| r.violations.total() > 0).count();
+    let passed = results.len() - failed;
     // The plain closing line, counted by CI.
-    let runs = results.len();
-    if bad == 0 {
-        println!("loadgen: {runs} passed, 0 failed");
-        Ok(())
-    } else {
-        println!("loadgen: 0 passed, {runs} failed");
-        anyhow::bail!("{bad} correctness violations")
-    }
+    println!("loadgen: {passed} passed, {failed} failed");
+    anyhow::ensure!(failed == 0, "{failed} runs with protocol violations");
+    Ok(())
 }
