@@ -39,10 +39,13 @@ bootstraps: build
 	grep -E '^meshgate bootstrap ' envoy-bootstrap/README.md \
 		| sed 's|^meshgate |./target/release/meshgate |' | sh -e
 
+# Figures (docs/performance.md): the sources and translation first (target/bench/sources.json,
+# translation.json), then the load generator against meshgate's bench server, the floor and
+# the real `meshgate serve` (target/bench/results.json, which includes the translation).
 bench:
 	$(CARGO) build --release --workspace --bins
+	./target/release/meshgate-sourcebench --idle-seconds 5
 	./target/release/meshgate-loadgen
-	./target/release/meshgate-sourcebench
 
 lint:
 	$(CARGO) fmt --all -- --check

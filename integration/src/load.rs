@@ -22,7 +22,10 @@
 //! Streams run on one thread (a `LocalSet`): the generator must not starve the server.
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
+
+use bytes::Bytes;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -42,10 +45,7 @@ use envoy_types::pb::envoy::config::route::v3::route::Action;
 use envoy_types::pb::envoy::config::route::v3::route_action::ClusterSpecifier;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
-};
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use envoy_types::pb::google::protobuf::{Struct, Value, value::Kind};
 use envoy_types::pb::google::rpc::Status as RpcStatus;
 use hyper_util::rt::TokioIo;
@@ -58,6 +58,96 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Uri};
 
 pub type Name = Rc<str>;
+
+/// Responses as the generator reads them: names, versions and resources are slices of the
+/// received message (no copy, no allocation per string); fields it does not use are skipped.
+mod light {
+    use bytes::Bytes;
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Any {
+        #[prost(bytes = "bytes", tag = "1")]
+        pub type_url: Bytes,
+        #[prost(bytes = "bytes", tag = "2")]
+        pub value: Bytes,
+    }
+
+    /// `envoy.service.discovery.v3.Resource`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Resource {
+        #[prost(bytes = "bytes", tag = "1")]
+        pub version: Bytes,
+        #[prost(message, optional, tag = "2")]
+        pub resource: Option<Any>,
+        #[prost(bytes = "bytes", tag = "3")]
+        pub name: Bytes,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct DeltaDiscoveryResponse {
+        #[prost(string, tag = "1")]
+        pub system_version_info: String,
+        #[prost(message, repeated, tag = "2")]
+        pub resources: Vec<Resource>,
+        #[prost(string, tag = "4")]
+        pub type_url: String,
+        #[prost(string, tag = "5")]
+        pub nonce: String,
+        #[prost(bytes = "bytes", repeated, tag = "6")]
+        pub removed_resources: Vec<Bytes>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct DiscoveryResponse {
+        #[prost(string, tag = "1")]
+        pub version_info: String,
+        #[prost(message, repeated, tag = "2")]
+        pub resources: Vec<Any>,
+        #[prost(string, tag = "4")]
+        pub type_url: String,
+        #[prost(string, tag = "5")]
+        pub nonce: String,
+    }
+}
+
+use light::{DeltaDiscoveryResponse, DiscoveryResponse};
+
+/// A name or version from a response (empty when it is not UTF-8).
+fn s(b: &Bytes) -> &str {
+    std::str::from_utf8(b).unwrap_or_default()
+}
+
+/// Opens an ADS stream, decoding responses into the generator's own types. The caller keeps
+/// the channel for as long as the stream lives: when the last handle of a channel goes, its
+/// connection closes under the stream.
+async fn ads<Req, Resp>(
+    ch: &tonic::transport::Channel,
+    method: &'static str,
+    requests: mpsc::UnboundedReceiver<Req>,
+) -> Result<tonic::Streaming<Resp>, tonic::Status>
+where
+    Req: Message + Send + 'static,
+    Resp: Message + Default + Send + 'static,
+{
+    let mut grpc = tonic::client::Grpc::new(ch.clone()).max_decoding_message_size(1 << 30);
+    grpc.ready()
+        .await
+        .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+    let codec = tonic_prost::ProstCodec::<Req, Resp>::default();
+    let r = grpc
+        .streaming(
+            tonic::Request::new(UnboundedReceiverStream::new(requests)),
+            http::uri::PathAndQuery::from_static(method),
+            codec,
+        )
+        .await?;
+    Ok(r.into_inner())
+}
+
+const DELTA_METHOD: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
+const SOTW_METHOD: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
 
 pub const CDS: usize = 0;
 pub const EDS: usize = 1;
@@ -289,6 +379,9 @@ pub struct Shared {
     decoded: RefCell<HashMap<(usize, u64), Rc<Decoded>>>,
     names: RefCell<HashSet<Name>>,
     pub violations: RefCell<Violations>,
+    /// Whether responses report the names they carry (while changes are measured; not
+    /// during connect storms, where only `Synced` matters).
+    pub track: std::cell::Cell<bool>,
     /// Streams that failed and were retried (connection refused or reset, stream closed).
     pub retries: std::cell::Cell<u64>,
     pub first_retry_error: RefCell<Option<String>>,
@@ -311,6 +404,7 @@ impl Shared {
             violations: RefCell::default(),
             dangling_on_resync: Default::default(),
             retries: Default::default(),
+            track: Default::default(),
             first_retry_error: Default::default(),
             events,
         })
@@ -532,7 +626,7 @@ impl EnvoyStream {
             explicit_wildcard: id % 2 == 1,
             held: Default::default(),
             subscribed: Default::default(),
-            warming: HashSet::new(),
+            warming: HashSet::default(),
             fresh: Default::default(),
             dropped: Default::default(),
             conn: 0,
@@ -542,8 +636,8 @@ impl EnvoyStream {
             sotw_version: Default::default(),
             last_nonce: Default::default(),
             nack_next: [false; 4],
-            nacked_delta: HashSet::new(),
-            nacked_sotw: HashSet::new(),
+            nacked_delta: HashSet::default(),
+            nacked_sotw: HashSet::default(),
             expect_clusters: 0,
             gone: Rc::from([]),
             synced_reported: false,
@@ -643,10 +737,14 @@ impl EnvoyStream {
     fn report_sync(&mut self) {
         if !self.synced_reported && self.synced() {
             self.synced_reported = true;
+            // `name.*` stands for every name starting with `name.`.
             let stale = self
                 .gone
                 .iter()
-                .filter(|n| self.held[CDS].contains_key(*n))
+                .filter(|n| match n.strip_suffix('*') {
+                    Some(prefix) => self.held[CDS].keys().any(|k| k.starts_with(prefix)),
+                    None => self.held[CDS].contains_key(*n),
+                })
                 .count();
             if stale > 0 {
                 self.shared.violation(
@@ -850,13 +948,8 @@ impl EnvoyStream {
                 let _ = tx.send(self.delta_initial(ty));
             }
         }
-        let mut client =
-            AggregatedDiscoveryServiceClient::new(ch).max_decoding_message_size(1 << 30);
-        let mut inbound = match client
-            .delta_aggregated_resources(UnboundedReceiverStream::new(rx))
-            .await
-        {
-            Ok(r) => r.into_inner(),
+        let mut inbound = match ads::<_, DeltaDiscoveryResponse>(&ch, DELTA_METHOD, rx).await {
+            Ok(r) => r,
             Err(e) => return Some(format!("stream {}: {e}", self.id)),
         };
         loop {
@@ -888,18 +981,18 @@ impl EnvoyStream {
                 r.resources.len(),
                 r.resources
                     .iter()
-                    .map(|x| &x.name)
+                    .map(|x| s(&x.name))
                     .take(5)
                     .collect::<Vec<_>>(),
                 r.removed_resources
             );
         }
-        let mut seen = HashSet::new();
+        let mut seen = HashSet::default();
         let duplicates = r
             .resources
             .iter()
-            .map(|x| x.name.as_str())
-            .chain(r.removed_resources.iter().map(String::as_str))
+            .map(|x| s(&x.name))
+            .chain(r.removed_resources.iter().map(s))
             .filter(|n| !seen.insert(*n))
             .count();
         if duplicates > 0 {
@@ -915,11 +1008,11 @@ impl EnvoyStream {
             );
         }
         let mut resent = 0;
-        for x in &r.resources {
-            let name = self.shared.intern(&x.name);
+        for x in r.resources.iter().filter(|_| !self.nacked_delta.is_empty()) {
+            let name = self.shared.intern(s(&x.name));
             if self
                 .nacked_delta
-                .contains(&(ty, name, Rc::from(x.version.as_str())))
+                .contains(&(ty, name, self.shared.intern(s(&x.version))))
             {
                 resent += 1;
             }
@@ -941,12 +1034,12 @@ impl EnvoyStream {
             for x in &r.resources {
                 if let Some(any) = &x.resource {
                     let hash = xxhash_rust::xxh3::xxh3_64(&any.value);
-                    let d = self.shared.decode(ty, &any.value, hash, &x.name);
+                    let d = self.shared.decode(ty, &any.value, hash, s(&x.name));
                     self.expect_warming_of(&d);
                 }
-                let name = self.shared.intern(&x.name);
+                let name = self.shared.intern(s(&x.name));
                 self.nacked_delta
-                    .insert((ty, name, Rc::from(x.version.as_str())));
+                    .insert((ty, name, self.shared.intern(s(&x.version))));
             }
             let _ = tx.send(DeltaDiscoveryRequest {
                 type_url: r.type_url.clone(),
@@ -959,7 +1052,7 @@ impl EnvoyStream {
                 updated: r
                     .resources
                     .iter()
-                    .map(|x| self.shared.intern(&x.name))
+                    .map(|x| self.shared.intern(s(&x.name)))
                     .collect(),
                 removed: Vec::new(),
             });
@@ -967,22 +1060,25 @@ impl EnvoyStream {
         }
         let mut subscribe: [Vec<Name>; 4] = Default::default();
         let mut unsubscribe: [Vec<Name>; 4] = Default::default();
+        let track = self.shared.track.get();
         let mut updated = Vec::new();
         let mut news = 0;
         for x in &r.resources {
             let Some(any) = &x.resource else { continue };
             let hash = xxhash_rust::xxh3::xxh3_64(&any.value);
-            let decoded = self.shared.decode(ty, &any.value, hash, &x.name);
-            let version: Rc<str> = Rc::from(x.version.as_str());
+            let decoded = self.shared.decode(ty, &any.value, hash, s(&x.name));
+            let version = self.shared.intern(s(&x.version));
             let name = decoded.name().clone();
             if self.apply(ty, version, hash, decoded, &mut subscribe) {
                 news += 1;
             }
-            updated.push(name);
+            if track {
+                updated.push(name);
+            }
         }
         let mut removed = Vec::new();
         for n in &r.removed_resources {
-            let name = self.shared.intern(n);
+            let name = self.shared.intern(s(n));
             let was_fresh = self.fresh[ty].remove(&name);
             let was_dropped = self.dropped[ty].remove(&name);
             if self.remove(ty, &name, &mut unsubscribe) || was_fresh || was_dropped {
@@ -991,12 +1087,7 @@ impl EnvoyStream {
             removed.push(name);
         }
         if news == 0 && !std::mem::take(&mut self.first[ty]) {
-            let names: Vec<&str> = r
-                .resources
-                .iter()
-                .map(|x| x.name.as_str())
-                .take(3)
-                .collect();
+            let names: Vec<&str> = r.resources.iter().map(|x| s(&x.name)).take(3).collect();
             self.shared.violation(
                 self.id,
                 |v| v.response_with_nothing_new += 1,
@@ -1094,13 +1185,8 @@ impl EnvoyStream {
                 let _ = tx.send(self.sotw_initial(ty));
             }
         }
-        let mut client =
-            AggregatedDiscoveryServiceClient::new(ch).max_decoding_message_size(1 << 30);
-        let mut inbound = match client
-            .stream_aggregated_resources(UnboundedReceiverStream::new(rx))
-            .await
-        {
-            Ok(r) => r.into_inner(),
+        let mut inbound = match ads::<_, DiscoveryResponse>(&ch, SOTW_METHOD, rx).await {
+            Ok(r) => r,
             Err(e) => return Some(format!("stream {}: {e}", self.id)),
         };
         loop {
@@ -1153,7 +1239,7 @@ impl EnvoyStream {
                 (hash, self.shared.decode(ty, &any.value, hash, ""))
             })
             .collect();
-        let mut seen = HashSet::new();
+        let mut seen = HashSet::default();
         let duplicates = decoded
             .iter()
             .filter(|(_, d)| !seen.insert(d.name().clone()))
@@ -1193,6 +1279,7 @@ impl EnvoyStream {
         }
         let mut subscribe: [Vec<Name>; 4] = Default::default();
         let mut unsubscribe: [Vec<Name>; 4] = Default::default();
+        let track = self.shared.track.get();
         let mut updated = Vec::new();
         let mut removed = Vec::new();
         let mut news = 0;
@@ -1219,7 +1306,7 @@ impl EnvoyStream {
             if new {
                 news += 1;
             }
-            if new || !full_state {
+            if track && (new || !full_state) {
                 updated.push(name);
             }
         }

@@ -19,6 +19,16 @@ const EDS: ResourceType = ResourceType::Endpoint;
 const LDS: ResourceType = ResourceType::Listener;
 const RDS: ResourceType = ResourceType::Route;
 
+/// What a delta response brought: name → version, as a reconnect sends it back.
+fn versions(
+    r: &envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse,
+) -> std::collections::HashMap<String, String> {
+    r.resources
+        .iter()
+        .map(|x| (x.name.clone(), x.version.clone()))
+        .collect()
+}
+
 fn three_clusters() -> Update {
     Update::new()
         .replace(["a", "b", "c"].map(cluster))
@@ -610,12 +620,6 @@ async fn r18_reconnect_sends_only_what_differs_plus_removals() {
     let cds = c.recv_ack().await;
     c.subscribe(EDS, &["a", "b", "c"]).await;
     let eds = c.recv_ack().await;
-    let versions = |r: &envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryResponse| {
-        r.resources
-            .iter()
-            .map(|x| (x.name.clone(), x.version.clone()))
-            .collect::<std::collections::HashMap<_, _>>()
-    };
     let (cds_v, eds_v) = (versions(&cds), versions(&eds));
     drop(c);
     // While disconnected: c removed, b changed.
@@ -647,6 +651,56 @@ async fn r18_reconnect_sends_only_what_differs_plus_removals() {
     assert_eq!(names(&r), ["b"]);
     // Removals come after additions (R15), in a response of their own.
     assert_eq!(c.recv_ack().await.removed_resources, ["c"]);
+    c.expect_quiet().await;
+}
+
+#[tokio::test]
+async fn r15_r16_a_reconnect_gets_new_routes_before_removals_of_clusters_old_routes_name() {
+    // Envoy reconnects with a request per type, one after the other. The server must not
+    // remove a cluster the routes the client still holds name before it has sent the new
+    // routes, even when the RDS request comes a little after the CDS one.
+    let s = TestServer::start();
+    s.publish(
+        Update::new()
+            .replace(["a", "b"].map(cluster))
+            .replace([route("r", "b")]),
+    );
+    let mut c = DeltaClient::connect(s.xds_addr, node("n1")).await;
+    c.subscribe(CDS, &[]).await;
+    let cds = c.recv_ack().await;
+    c.subscribe(RDS, &["r"]).await;
+    let rds = c.recv_ack().await;
+    let (cds_v, rds_v) = (versions(&cds), versions(&rds));
+    drop(c);
+    // While disconnected: the route moves to a, and b goes.
+    s.publish(Update::new().upsert([route("r", "a")]).remove(CDS, ["b"]));
+
+    let mut c = DeltaClient::connect(s.xds_addr, node("n1")).await;
+    c.send(DeltaDiscoveryRequest {
+        type_url: CDS.type_url().into(),
+        initial_resource_versions: cds_v,
+        ..Default::default()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    c.send(DeltaDiscoveryRequest {
+        type_url: RDS.type_url().into(),
+        resource_names_subscribe: vec!["r".into()],
+        initial_resource_versions: rds_v,
+        ..Default::default()
+    })
+    .await;
+    let first = c.recv_ack().await;
+    assert_eq!(
+        (first.type_url.as_str(), names(&first)),
+        (RDS.type_url(), vec!["r".to_owned()]),
+        "the new routes come first: {first:?}"
+    );
+    let second = c.recv_ack().await;
+    assert_eq!(
+        (second.type_url.as_str(), second.removed_resources.clone()),
+        (CDS.type_url(), vec!["b".to_owned()])
+    );
     c.expect_quiet().await;
 }
 

@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -386,7 +386,7 @@ pub const MAX_RESPONSE_BYTES: usize = 16 * 1024;
 /// Envoy answers every response; without this bound the transport would queue a whole initial
 /// push for a slow reader (hundreds of KiB per stream at 1,000 services). A single response
 /// larger than the budget still goes out when nothing else is unanswered.
-pub const SEND_BUDGET_BYTES: usize = 64 * 1024;
+pub const SEND_BUDGET_BYTES: usize = 32 * 1024;
 
 /// Splits `entries` into runs of at most [`MAX_RESPONSE_BYTES`] (at least one entry each);
 /// always at least one run, possibly empty.
@@ -463,7 +463,19 @@ struct Stream {
     /// Bytes of responses in flight (sent, not yet answered).
     unanswered: usize,
     info: Arc<StreamInfo>,
+    /// Removals planned in the stream's first moments wait until then (see
+    /// [`REMOVAL_HOLD`]).
+    hold_removals_until: Option<tokio::time::Instant>,
+    held_removals: Vec<Planned>,
 }
+
+/// How long removals wait on a new stream. A reconnecting client sends its requests for
+/// every type at once (CDS, EDS, LDS, RDS, each with the versions it holds); the server may
+/// plan the first before the others arrive, and would then remove clusters that the routes the
+/// client still holds name, before it knew to send the new routes (R15, R16). Additions go
+/// at once; removals after the hold, by when the client's other requests are in and their
+/// updates planned first.
+pub const REMOVAL_HOLD: Duration = Duration::from_millis(100);
 
 /// Serves one stream until the client closes it or a protocol error ends it. Responses go to
 /// `tx`; a protocol error is sent as the stream's final status.
@@ -531,6 +543,8 @@ pub async fn run<Req, In>(
             next_nonce: 0,
             unanswered: 0,
             info: guard.info.clone(),
+            hold_removals_until: Some(Instant::now() + REMOVAL_HOLD),
+            held_removals: Vec::new(),
         };
         let outcome = stream.serve(first, &mut inbound, sub.receiver(), &tx).await;
         match outcome {
@@ -582,6 +596,11 @@ impl Stream {
                     self.state_changed = true;
                     self.work_since.get_or_insert_with(Instant::now);
                 },
+                _ = tokio::time::sleep_until(
+                    self.hold_removals_until.unwrap_or_else(tokio::time::Instant::now)
+                ), if !self.held_removals.is_empty() => {
+                    self.release_removals();
+                }
                 permit = tx.reserve(), if has_work => {
                     let Ok(permit) = permit else { return Ok(()) };
                     if let Some(bytes) = self.next_response() {
@@ -590,6 +609,12 @@ impl Stream {
                 }
             }
         }
+    }
+
+    /// Ends the hold: removals planned during it go out after what is planned already.
+    fn release_removals(&mut self) {
+        self.hold_removals_until = None;
+        self.outbox.extend(self.held_removals.drain(..));
     }
 
     fn has_work(&self) -> bool {
@@ -1034,7 +1059,12 @@ impl Stream {
                 .position(|t| *t == p.ty)
                 .unwrap_or(0)
         });
-        self.outbox.extend(removals);
+        if self.hold_removals_until.is_some_and(|t| Instant::now() < t) {
+            self.held_removals.extend(removals);
+        } else {
+            self.release_removals();
+            self.outbox.extend(removals);
+        }
     }
 
     /// Compares what the client has of `ty` with `state`. Costs O(changed names) unless the basis predates the change log

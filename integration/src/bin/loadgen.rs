@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use integration::bench::dir::DirWorkload;
 use integration::bench::{Applied, Op, Ready, Stats, service_name};
 use integration::load::{
     CDS, Cmd, EDS, EnvoyStream, Event, EventKind, Name, Protocol, Shared, Target, TlsSettings,
@@ -47,6 +48,10 @@ struct Args {
     /// State-of-the-world streams (0: no state-of-the-world run).
     #[arg(long, default_value_t = 1000)]
     sotw_streams: usize,
+    /// Delta streams for the run of the real `meshgate serve` on a generated directory (0: no
+    /// such run). Its ingress listener carries a filter chain per service.
+    #[arg(long, default_value_t = 100)]
+    serve_streams: usize,
     /// Also run 10,000 services × 100 delta streams.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     large: bool,
@@ -122,9 +127,23 @@ fn main() -> anyhow::Result<()> {
 
 struct Server {
     child: Option<Child>,
-    ready: Ready,
+    xds: std::net::SocketAddr,
+    control: Control,
     pid: u32,
     http: reqwest::Client,
+}
+
+/// How changes reach the server.
+enum Control {
+    /// `POST /change` and `GET /stats` on a control port.
+    Port(std::net::SocketAddr),
+    /// File edits in the config directory of `meshgate serve`; streams counted on its admin
+    /// port.
+    Dir {
+        workload: DirWorkload,
+        admin: std::net::SocketAddr,
+        _root: tempfile::TempDir,
+    },
 }
 
 impl Server {
@@ -159,7 +178,8 @@ impl Server {
     async fn attach(ready: Ready) -> anyhow::Result<Server> {
         let mut server = Server {
             child: None,
-            ready,
+            xds: ready.xds,
+            control: Control::Port(ready.control),
             pid: 0,
             http: reqwest::Client::builder().no_proxy().build()?,
         };
@@ -167,10 +187,119 @@ impl Server {
         Ok(server)
     }
 
-    async fn change(&self, op: Op) -> anyhow::Result<Applied> {
+    /// Starts the real `meshgate serve` (beside this binary) on a generated config directory.
+    async fn serve_dir(services: usize, endpoints: usize) -> anyhow::Result<Server> {
+        let root = tempfile::tempdir()?;
+        let config = root.path().join("config");
+        let workload = DirWorkload::create(&config, services, endpoints)?;
+        let path = std::env::current_exe()?.with_file_name("meshgate");
+        anyhow::ensure!(
+            path.exists(),
+            "{} not found: build it with `cargo build --release --workspace --bins`",
+            path.display()
+        );
+        let mut child = Command::new(&path)
+            .arg("serve")
+            .arg("--config-dir")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(root.path().join("state"))
+            .args([
+                "--datacenter",
+                "dc1",
+                "--xds-addr",
+                "127.0.0.1:0",
+                "--admin-addr",
+                "127.0.0.1:0",
+                "--debounce-quiet",
+                "0",
+                "--config-debounce",
+                "10ms",
+                "--log-format",
+                "json",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        let log = child.stdout.take().expect("stdout");
+        // The addresses come from the "meshgate serving" log line; the rest of the log is
+        // passed through when it warns.
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(log).lines() {
+                let Ok(line) = line else { break };
+                if std::env::var_os("MESHGATE_LOADGEN_SERVE_LOG").is_some() {
+                    eprintln!("  meshgate: {line}");
+                }
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                let fields = &v["fields"];
+                if fields["message"] == "meshgate serving"
+                    && let Some(tx) = tx.take()
+                {
+                    let _ = tx.send((
+                        fields["xds"].as_str().unwrap_or_default().to_owned(),
+                        fields["admin"].as_str().unwrap_or_default().to_owned(),
+                    ));
+                } else if v["level"] != "INFO" && v["level"] != "DEBUG" {
+                    eprintln!("  meshgate: {line}");
+                }
+            }
+        });
+        let (xds, admin) =
+            tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(60)))
+                .await?
+                .map_err(|_| anyhow::anyhow!("meshgate serve did not start within 60 s"))?;
+        let mut server = Server {
+            pid: child.id(),
+            child: Some(child),
+            xds: xds.parse()?,
+            control: Control::Dir {
+                workload,
+                admin: admin.parse()?,
+                _root: root,
+            },
+            http: reqwest::Client::builder().no_proxy().build()?,
+        };
+        // Ready once the first snapshot is published.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let Control::Dir { admin, .. } = &server.control else {
+                unreachable!()
+            };
+            let ok = server
+                .http
+                .get(format!("http://{admin}/readyz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "meshgate serve not ready within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server.pid = server.child.as_ref().map(|c| c.id()).unwrap_or(0);
+        Ok(server)
+    }
+
+    async fn change(&mut self, op: Op) -> anyhow::Result<Applied> {
+        let control = match &mut self.control {
+            Control::Port(addr) => *addr,
+            Control::Dir { workload, .. } => {
+                let start = Instant::now();
+                let mut applied = workload.apply(op).map_err(|e| anyhow::anyhow!("{e}"))?;
+                applied.server_us = start.elapsed().as_micros() as u64;
+                return Ok(applied);
+            }
+        };
         let r = self
             .http
-            .post(format!("http://{}/change", self.ready.control))
+            .post(format!("http://{control}/change"))
             .json(&op)
             .send()
             .await?;
@@ -180,13 +309,75 @@ impl Server {
     }
 
     async fn stats(&self) -> anyhow::Result<Stats> {
-        Ok(self
+        match &self.control {
+            Control::Port(addr) => Ok(self
+                .http
+                .get(format!("http://{addr}/stats"))
+                .send()
+                .await?
+                .json()
+                .await?),
+            Control::Dir { admin, .. } => {
+                let text = self
+                    .http
+                    .get(format!("http://{admin}/metrics"))
+                    .send()
+                    .await?
+                    .text()
+                    .await?;
+                let streams = text
+                    .lines()
+                    .filter(|l| l.starts_with("meshgate_xds_connected_streams{"))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum::<f64>() as u64;
+                Ok(Stats {
+                    pid: self.pid,
+                    streams,
+                    ..Default::default()
+                })
+            }
+        }
+    }
+
+    /// `meshgate serve`: the generation of the snapshot it serves.
+    async fn generation(&self) -> Option<u64> {
+        let Control::Dir { admin, .. } = &self.control else {
+            return None;
+        };
+        let text = self
             .http
-            .get(format!("http://{}/stats", self.ready.control))
+            .get(format!("http://{admin}/metrics"))
             .send()
-            .await?
-            .json()
-            .await?)
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("meshgate_snapshot_generation "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+    }
+
+    /// After file edits: waits until `meshgate serve` has read them (its snapshot generation
+    /// moved past `before` and stayed put for 200 ms). A control port applies a change before
+    /// it answers; nothing to wait for there.
+    async fn settled(&self, before: Option<u64>) {
+        let Some(before) = before else { return };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut last = before;
+        let mut stable_since = Instant::now();
+        while Instant::now() < deadline {
+            let g = self.generation().await.unwrap_or(before);
+            if g != last {
+                last = g;
+                stable_since = Instant::now();
+            }
+            if last > before && stable_since.elapsed() >= Duration::from_millis(200) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn proc_file(&self, f: &str) -> String {
@@ -389,6 +580,7 @@ impl Run {
 
     /// Waits until every stream reports `Synced` (after connecting or reconnecting).
     async fn wait_synced(&mut self, name: &str, before: Vec<u64>) -> anyhow::Result<Storm> {
+        self.shared.track.set(false);
         let start = Instant::now();
         let cpu0 = self.server.cpu();
         let mut synced = vec![false; self.streams.len()];
@@ -457,9 +649,9 @@ impl Run {
                                 continue;
                             }
                             let hit = if *rm {
-                                removed.contains(name)
+                                matches(&removed, name)
                             } else {
-                                updated.contains(name)
+                                matches(&updated, name)
                             };
                             if hit {
                                 *left &= !bit;
@@ -517,6 +709,7 @@ impl Run {
         interval: Duration,
     ) -> anyhow::Result<Phase> {
         let count = ops.len();
+        self.shared.track.set(true);
         let bytes0: u64 = self.bytes().iter().sum();
         let cpu0 = self.server.cpu();
         let alloc0 = self.server.stats().await?.allocations;
@@ -648,7 +841,30 @@ impl Run {
     }
 }
 
+/// The real `meshgate serve` on a generated config directory.
+const SERVE: &str = "meshgate serve";
+
+/// Whether `list` holds `name`, or a name starting with it when it ends with `*`.
+fn matches(list: &[Name], name: &str) -> bool {
+    match name.strip_suffix('*') {
+        Some(prefix) => list.iter().any(|n| n.starts_with(prefix)),
+        None => list.iter().any(|n| &**n == name),
+    }
+}
+
+/// Which phases a run goes through.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phases {
+    /// Connect storm, idle, endpoint changes: what the floor serves.
+    EndpointOnly,
+    /// And cluster-only changes and a reconnect storm with nothing changed.
+    Light,
+    /// Every phase.
+    Full,
+}
+
 struct Plan {
+    phases: Phases,
     server: &'static str,
     protocol: Protocol,
     services: usize,
@@ -662,6 +878,11 @@ async fn run(
 ) -> anyhow::Result<RunResult> {
     let (server, target) = match target {
         Some((t, ready)) => (Server::attach(ready).await?, t),
+        None if plan.server == SERVE => {
+            let server = Server::serve_dir(plan.services, args.endpoints).await?;
+            let target = target_of(args, server.xds)?;
+            (server, target)
+        }
         None => {
             let binary = match plan.server {
                 "floor" => "meshgate-floor",
@@ -677,11 +898,15 @@ async fn run(
                 ],
             )
             .await?;
-            let target = target_of(args, server.ready.xds)?;
+            let target = target_of(args, server.xds)?;
             (server, target)
         }
     };
-    let floor = plan.server == "floor" || args.endpoint_only;
+    let phases = if plan.server == "floor" || args.endpoint_only {
+        Phases::EndpointOnly
+    } else {
+        plan.phases
+    };
     tokio::time::sleep(Duration::from_millis(200)).await;
     let rss0 = server.rss_kib();
     let mut r = RunResult {
@@ -725,10 +950,22 @@ async fn run(
     let interval = Duration::from_secs_f64(1.0 / args.rate);
     let ops = run.endpoint_ops(args.changes, 0);
     r.phases.push(run.phase("endpoint", ops, interval).await?);
-    if !floor {
-        let added: Vec<usize> = (0..if args.short { 3 } else { 5 })
-            .map(|k| run.next_service + k)
+    if phases == Phases::Light {
+        let ops = (0..3)
+            .map(|k| Op::Cluster {
+                service: (k * 101) % run.services,
+            })
             .collect();
+        r.phases
+            .push(run.phase("cluster only", ops, Duration::ZERO).await?);
+        run.disconnect().await?;
+        r.storms.push(
+            run.reconnect("reconnect, nothing changed", Rc::from([]))
+                .await?,
+        );
+    }
+    if phases == Phases::Full {
+        let added: Vec<usize> = (0..3).map(|k| run.next_service + k).collect();
         run.next_service += added.len();
         let ops = added.iter().map(|&s| Op::Add { service: s }).collect();
         r.phases
@@ -738,7 +975,7 @@ async fn run(
         r.phases
             .push(run.phase("remove service", ops, Duration::ZERO).await?);
         run.services -= added.len();
-        let ops = (0..5)
+        let ops = (0..3)
             .map(|k| Op::Cluster {
                 service: (k * 101) % run.services,
             })
@@ -768,14 +1005,21 @@ async fn run(
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
+        let generation = run.server.generation().await;
         for &s in &gone {
             run.server.change(Op::Remove { service: s }).await?;
         }
+        run.server.settled(generation).await;
         run.services -= gone.len();
-        // Each stream checks, once synced, that it holds none of them (R18).
+        // Each stream checks, once synced, that it holds none of them (R18). `meshgate
+        // serve` names clusters by SNI: `<service>.…`.
+        let dir = matches!(run.server.control, Control::Dir { .. });
         let gone_names: Rc<[Name]> = gone
             .iter()
-            .map(|&s| run.shared.intern(&service_name(s)))
+            .map(|&s| match dir {
+                true => run.shared.intern(&format!("{}.*", service_name(s))),
+                false => run.shared.intern(&service_name(s)),
+            })
             .collect();
         r.storms.push(
             run.reconnect("reconnect, 5% removed meanwhile", gone_names)
@@ -948,6 +1192,7 @@ async fn generator(mut args: Args) -> anyhow::Result<()> {
     };
     if let Some(xds) = args.xds {
         let plan = Plan {
+            phases: Phases::Full,
             server: "external",
             protocol: protocol(&args.protocol),
             services: args.services,
@@ -970,8 +1215,10 @@ async fn generator(mut args: Args) -> anyhow::Result<()> {
             ("meshgate", Protocol::Delta, 100, 50),
             ("floor", Protocol::Delta, 100, 50),
             ("meshgate", Protocol::Sotw, 100, 20),
+            (SERVE, Protocol::Delta, 50, 10),
         ] {
             plans.push(Plan {
+                phases: Phases::Full,
                 server,
                 protocol,
                 services,
@@ -979,8 +1226,9 @@ async fn generator(mut args: Args) -> anyhow::Result<()> {
             });
         }
     } else {
-        let mut add = |protocol, services, streams| {
+        let mut add = |protocol, services, streams, phases| {
             plans.push(Plan {
+                phases,
                 server: "meshgate",
                 protocol,
                 services,
@@ -988,6 +1236,7 @@ async fn generator(mut args: Args) -> anyhow::Result<()> {
             });
             if !args.no_floor {
                 plans.push(Plan {
+                    phases: Phases::EndpointOnly,
                     server: "floor",
                     protocol,
                     services,
@@ -995,12 +1244,26 @@ async fn generator(mut args: Args) -> anyhow::Result<()> {
                 });
             }
         };
-        add(Protocol::Delta, args.services, args.streams);
+        add(Protocol::Delta, args.services, args.streams, Phases::Full);
         if args.sotw_streams > 0 {
-            add(Protocol::Sotw, args.services, args.sotw_streams);
+            add(
+                Protocol::Sotw,
+                args.services,
+                args.sotw_streams,
+                Phases::Full,
+            );
         }
         if args.large {
-            add(Protocol::Delta, 10_000, 100);
+            add(Protocol::Delta, 10_000, 100, Phases::Light);
+        }
+        if args.serve_streams > 0 {
+            plans.push(Plan {
+                phases: Phases::Full,
+                server: SERVE,
+                protocol: Protocol::Delta,
+                services: args.services,
+                streams: args.serve_streams,
+            });
         }
     }
     let mut results: Vec<RunResult> = Vec::new();
@@ -1031,9 +1294,24 @@ async fn generator(mut args: Args) -> anyhow::Result<()> {
 }
 
 fn finish(args: &Args, results: Vec<RunResult>) -> anyhow::Result<()> {
+    // From `meshgate-sourcebench` (run before by `make bench`): translation of one ingress
+    // group, and the same per 1,000 services.
     let translation: Option<serde_json::Value> = std::fs::read_to_string(&args.translation)
         .ok()
-        .and_then(|s| serde_json::from_str(&s).ok());
+        .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+        .map(|mut t| {
+            let per_1k = t["full_ms"].as_f64().unwrap_or(f64::NAN)
+                / (t["services"].as_f64().unwrap_or(f64::NAN) / 1000.0);
+            t["full_ms_per_1000_services"] = serde_json::json!(per_1k);
+            println!(
+                "\ntranslation (meshgate-sourcebench): {} services into one ingress group in {:.1} ms, {:.1} ms per 1,000 services; one endpoint change {:.2} ms",
+                t["services"],
+                t["full_ms"].as_f64().unwrap_or(f64::NAN),
+                per_1k,
+                t["one_change_ms"].as_f64().unwrap_or(f64::NAN)
+            );
+            t
+        });
     let json = serde_json::json!({
         "commit": integration::git_commit(),
         "short": args.short,

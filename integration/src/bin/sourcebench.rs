@@ -151,8 +151,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let args = Args::parse();
+    let out_dir = Path::new("target/bench");
     if args.translation_only {
-        translation(10_000, 10).print();
+        let t = translation(10_000, 10);
+        t.print();
+        let _ = std::fs::create_dir_all(out_dir);
+        std::fs::write(
+            out_dir.join("translation.json"),
+            serde_json::to_string_pretty(&t.json()).unwrap(),
+        )
+        .unwrap();
         return;
     }
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -323,10 +331,14 @@ async fn main() {
                    "health_requests_changed_service": own_health, "health_requests_other_services": other_health,
                    "idle_cpu_percent": consul_idle * 100.0},
     });
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
-    let _ = std::fs::create_dir_all(&path);
+    let _ = std::fs::create_dir_all(out_dir);
     std::fs::write(
-        path.join("sources.json"),
+        out_dir.join("translation.json"),
+        serde_json::to_string_pretty(&out["translation"]).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(
+        out_dir.join("sources.json"),
         serde_json::to_string_pretty(&out).unwrap(),
     )
     .unwrap();

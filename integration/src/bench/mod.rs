@@ -12,6 +12,8 @@
 //! other control plane can be measured by the same generator behind an adapter that speaks
 //! these two calls.
 
+pub mod dir;
+
 use std::collections::BTreeSet;
 
 use envoy_types::pb::envoy::config::route::v3::route::Action;
@@ -53,6 +55,25 @@ pub enum Op {
     Add { service: usize },
     /// A service goes away: its virtual host, then its cluster and assignment.
     Remove { service: usize },
+}
+
+impl Op {
+    /// Refuses a change to a service that does not exist, or the addition of one that does.
+    pub fn applies_to(&self, present: &BTreeSet<usize>) -> Result<(), String> {
+        match *self {
+            Op::Endpoint { service: i }
+            | Op::Cluster { service: i }
+            | Op::Remove { service: i }
+                if !present.contains(&i) =>
+            {
+                Err(format!("service {} does not exist", service_name(i)))
+            }
+            Op::Add { service: i } if present.contains(&i) => {
+                Err(format!("service {} exists already", service_name(i)))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A resource a change touched, by type URL and name.
@@ -185,18 +206,9 @@ impl Workload {
 
     /// Applies `op`: the update to publish and what it touches.
     pub fn apply(&mut self, op: Op) -> Result<(Update, Applied), String> {
+        op.applies_to(&self.present)?;
         let mut applied = Applied::default();
         let update = match op {
-            Op::Endpoint { service: i }
-            | Op::Cluster { service: i }
-            | Op::Remove { service: i }
-                if !self.present.contains(&i) =>
-            {
-                return Err(format!("service {} does not exist", service_name(i)));
-            }
-            Op::Add { service: i } if self.present.contains(&i) => {
-                return Err(format!("service {} exists already", service_name(i)));
-            }
             Op::Endpoint { service: i } => {
                 self.endpoint_salt[i] += 1;
                 let name = service_name(i);
