@@ -92,6 +92,7 @@ pub struct Metrics {
     pub acks: PerType<Counter>,
     pub rejects: PerType<Counter>,
     pub expired_nonces: PerType<Counter>,
+    pub sotw_resumed: PerType<Counter>,
     pub convergence: Histogram,
     pub stream_errors: Counter,
     pub store_publishes: Counter,
@@ -241,6 +242,12 @@ impl Metrics {
             "Requests whose nonce was not the latest sent for their type (ignored as ACKs)",
             expired.clone(),
         );
+        let resumed = Family::<TypeLabels, Counter>::default();
+        reg.register(
+            "xds_sotw_resumed",
+            "State-of-the-world streams whose first request of a type carried the current version (nothing resent)",
+            resumed.clone(),
+        );
         let convergence = Histogram::new(exponential_buckets(0.0005, 2.0, 16));
         reg.register_with_unit(
             "proxy_convergence_time",
@@ -284,6 +291,7 @@ impl Metrics {
             acks: per_type(&acks),
             rejects: per_type(&rejects),
             expired_nonces: per_type(&expired),
+            sotw_resumed: per_type(&resumed),
             convergence,
             stream_errors,
             store_publishes,

@@ -319,6 +319,10 @@ pub struct Violations {
 
 const MAX_EXAMPLES: usize = 12;
 
+/// How long a reconnected state-of-the-world stream waits for a response before it counts
+/// as resumed with what it holds.
+const SOTW_RESUME_QUIET: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// Retries of a failed stream before it counts as a stream error.
 const MAX_RETRIES: u32 = 4;
 
@@ -384,6 +388,9 @@ pub struct Shared {
     pub track: std::cell::Cell<bool>,
     /// Streams that failed and were retried (connection refused or reset, stream closed).
     pub retries: std::cell::Cell<u64>,
+    /// State-of-the-world types, over reconnected streams, the server sent nothing for
+    /// (resumed at the versions held).
+    pub resumed: std::cell::Cell<u64>,
     pub first_retry_error: RefCell<Option<String>>,
     /// Clusters a state-of-the-world reconnect removed under a held route (see `remove`).
     pub dangling_on_resync: std::cell::Cell<u64>,
@@ -404,6 +411,7 @@ impl Shared {
             violations: RefCell::default(),
             dangling_on_resync: Default::default(),
             retries: Default::default(),
+            resumed: Default::default(),
             track: Default::default(),
             first_retry_error: Default::default(),
             events,
@@ -1189,12 +1197,34 @@ impl EnvoyStream {
             Ok(r) => r,
             Err(e) => return Some(format!("stream {}: {e}", self.id)),
         };
+        // A reconnect sent the versions the stream holds; a server may find them current and
+        // send nothing (as Envoy needs nothing). Silence for a while after the stream opened
+        // means the stream resumed with what it holds.
+        let resumable = self.conn > 1 && !self.sotw_version[CDS].is_empty();
+        let quiet = tokio::time::sleep(SOTW_RESUME_QUIET);
+        tokio::pin!(quiet);
+        let mut waiting = resumable;
         loop {
             tokio::select! {
                 cmd = cmds.recv() => match cmd {
                     None | Some(Cmd::Disconnect) => return None,
                     Some(Cmd::NackNext(ty)) => self.nack_next[ty] = true,
                     Some(Cmd::Connect { .. }) => {}
+                },
+                () = &mut quiet, if waiting => {
+                    // Types the server said nothing about resumed at the version held.
+                    waiting = false;
+                    let mut resumed = 0;
+                    for ty in [CDS, EDS, LDS, RDS] {
+                        if self.first[ty] && !self.sotw_version[ty].is_empty() {
+                            self.first[ty] = false;
+                            resumed += 1;
+                        }
+                    }
+                    if resumed > 0 {
+                        self.shared.resumed.set(self.shared.resumed.get() + resumed);
+                        self.report_sync();
+                    }
                 },
                 msg = inbound.message() => match msg {
                     Ok(Some(r)) => self.on_sotw(r, &tx),

@@ -4,7 +4,7 @@
 //! "Nothing is sent" is proved without timing: the client then subscribes to something the
 //! server must answer (a probe) and checks that the probe's answer is the next message.
 
-use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
+use envoy_types::pb::envoy::service::discovery::v3::{DeltaDiscoveryRequest, DiscoveryRequest};
 use integration::client::{DeltaClient, SotwClient, Via, names, sotw_names};
 use integration::fixtures::{
     cla, cluster, cluster_with_timeout, http_listener, node, node_with, route,
@@ -700,6 +700,56 @@ async fn r15_r16_a_reconnect_gets_new_routes_before_removals_of_clusters_old_rou
     assert_eq!(
         (second.type_url.as_str(), second.removed_resources.clone()),
         (CDS.type_url(), vec!["b".to_owned()])
+    );
+    c.expect_quiet().await;
+}
+
+#[tokio::test]
+async fn sotw_reconnect_at_the_current_version_is_sent_nothing_and_an_older_one_everything() {
+    let s = TestServer::start();
+    s.publish(three_clusters());
+    let mut c = SotwClient::connect(s.xds_addr, node("n1")).await;
+    c.request(CDS, &[]).await;
+    let cds = c.recv_ack().await;
+    c.request(EDS, &["a", "b", "c"]).await;
+    let eds = c.recv_ack().await;
+    assert_eq!(sotw_names(&eds), ["a", "b", "c"]);
+    drop(c);
+
+    // The client resumes with what it last accepted, which is current: nothing is resent.
+    let request = |ty: ResourceType, version: &str, names: &[&str]| DiscoveryRequest {
+        type_url: ty.type_url().into(),
+        version_info: version.into(),
+        resource_names: names.iter().map(|n| n.to_string()).collect(),
+        ..Default::default()
+    };
+    let mut c = SotwClient::connect(s.xds_addr, node("n1")).await;
+    c.send(request(CDS, &cds.version_info, &[])).await;
+    c.send(request(EDS, &eds.version_info, &["a", "b", "c"]))
+        .await;
+    c.expect_quiet().await;
+    // What changes afterwards still arrives.
+    s.publish(Update::new().upsert([cla("b", &[10009])]));
+    let r = c.recv_ack().await;
+    assert_eq!(
+        (r.type_url.as_str(), sotw_names(&r)),
+        (EDS.type_url(), vec!["b".to_owned()])
+    );
+    drop(c);
+
+    // With the EDS version from before that change, the client's content is not known: every
+    // named assignment is sent again; CDS, still current, is not.
+    let mut c = SotwClient::connect(s.xds_addr, node("n1")).await;
+    c.send(request(CDS, &cds.version_info, &[])).await;
+    c.send(request(EDS, &eds.version_info, &["a", "b", "c"]))
+        .await;
+    let r = c.recv_ack().await;
+    assert_eq!(
+        (r.type_url.as_str(), sotw_names(&r)),
+        (
+            EDS.type_url(),
+            vec!["a".to_owned(), "b".to_owned(), "c".to_owned()]
+        )
     );
     c.expect_quiet().await;
 }

@@ -346,7 +346,22 @@ impl Lab {
     }
 }
 
+/// Builds the lab; again (with other ports) when an Envoy could not bind a listener port.
+/// Ports are picked by the OS for the test and released before Envoy binds them, so another
+/// process binding an OS-picked port in between (an admin listener, another test's upstream)
+/// makes Envoy reject that listener: the calls on it would then reach that other process.
 async fn lab(serve_flags: &[&str]) -> Lab {
+    let mut collisions = Vec::new();
+    for _ in 0..3 {
+        match try_lab(serve_flags).await {
+            Ok(lab) => return lab,
+            Err(e) => collisions.push(e),
+        }
+    }
+    panic!("three port collisions in a row: {collisions:#?}");
+}
+
+async fn try_lab(serve_flags: &[&str]) -> Result<Lab, String> {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let mut upstreams = Vec::new();
@@ -359,9 +374,10 @@ async fn lab(serve_flags: &[&str]) -> Lab {
         .collect();
     assert_eq!(ports.len(), ROWS.len(), "two rows with the same pair");
 
+    let (ingress_port, egress_port) = (free_port(), free_port());
     let mut registrations = vec![
-        ingress_gateway("beta", free_port()),
-        egress_gateway("alpha", free_port()),
+        ingress_gateway("beta", ingress_port),
+        egress_gateway("alpha", egress_port),
     ];
     for u in &upstreams {
         registrations.push(instance(
@@ -418,16 +434,47 @@ async fn lab(serve_flags: &[&str]) -> Lab {
         gateway_envoy(app.xds_addr, "ingress", "beta").await,
         gateway_envoy(app.xds_addr, "egress", "alpha").await,
     ];
+    let mut listening: Vec<Vec<u16>> = vec![vec![ingress_port], vec![egress_port]];
     for source in sources() {
         envoys.push(sidecar_envoy(app.xds_addr, "alpha", source).await);
+        listening.push(
+            ports
+                .iter()
+                .filter(|((s, _), _)| *s == source)
+                .map(|(_, p)| *p)
+                .collect(),
+        );
     }
-    Lab {
+    // Every Envoy listens on every port it was given, or one could not bind it.
+    let deadline = tokio::time::Instant::now() + SOON;
+    for (envoy, ports) in envoys.iter().zip(&listening) {
+        loop {
+            let listeners = envoy.admin_get("/listeners").await;
+            if ports
+                .iter()
+                .all(|p| listeners.contains(&format!("127.0.0.1:{p}")))
+            {
+                break;
+            }
+            let log = envoy.full_log();
+            if let Some(line) = log.lines().find(|l| l.contains("Address already in use")) {
+                return Err(line.to_owned());
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "an Envoy does not listen on {ports:?}: {listeners}\n{}",
+                envoy.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(Lab {
         dir,
         envoys,
         ports,
         _upstreams: upstreams,
         _app: app,
-    }
+    })
 }
 
 /// What the gateways did with a call.

@@ -811,7 +811,19 @@ impl Stream {
             t.named_before = true;
         }
         let newly_wildcard = wildcard && !t.wildcard;
-        if first {
+        // A reconnecting client's first request carries the version it last accepted. Versions
+        // are digests of the type's content, the same in every process (R28): if it is the
+        // current one, the client holds the current resources of every name it asks for, and
+        // nothing is sent until something changes — a state-of-the-world reconnect storm (a
+        // restart of meshgate) costs a request per type, not a full resend.
+        let resumed =
+            first && !r.version_info.is_empty() && *self.current.set(ty).version == *r.version_info;
+        if resumed {
+            t.basis = self.current.set(ty).clone();
+            t.planned_once = true;
+            self.ctx.metrics.sotw_resumed.get(ty).inc();
+            debug!(%ty, version = %r.version_info, "state-of-the-world stream resumed at the current version");
+        } else if first {
             t.dirty = true;
         } else if newly_wildcard {
             t.force_unnamed(self.current.set(ty));
@@ -825,12 +837,12 @@ impl Stream {
         t.names = NameSet(wanted);
         // R10: newly requested names are sent even if unchanged since sent unasked (before the
         // first response, the full comparison sends every named resource anyway).
-        if t.planned_once {
+        if t.planned_once && !resumed {
             t.force.extend(added);
         }
         // The first request of a wildcard or full-state type is always answered: an empty
         // LDS/CDS means "none", and Envoy needs it to finish initializing.
-        if (first || newly_wildcard) && (t.wildcard || ty.sotw_full_state()) {
+        if (first || newly_wildcard) && !resumed && (t.wildcard || ty.sotw_full_state()) {
             t.respond = true;
         }
         if t.respond || t.dirty || !t.force.is_empty() {

@@ -38,6 +38,7 @@ struct Args {
     /// A short run for CI: a small workload; fails only on correctness counters.
     #[arg(long)]
     short: bool,
+    /// Services of the workload (with `--xds`: the clusters a stream holds once synced).
     #[arg(long, default_value_t = 1000)]
     services: usize,
     #[arg(long, default_value_t = 10)]
@@ -497,6 +498,9 @@ struct RunResult {
     /// Envoy retries them; the first error.
     stream_retries: u64,
     first_retry_error: Option<String>,
+    /// State-of-the-world reconnects: types (over streams) the server sent nothing for, as
+    /// it found the versions held current.
+    sotw_types_resumed: u64,
 }
 
 impl RunResult {
@@ -1047,6 +1051,7 @@ async fn run(
     r.violations = run.shared.violations.borrow().clone();
     r.sotw_reconnect_dangling_routes = run.shared.dangling_on_resync.get();
     r.stream_retries = run.shared.retries.get();
+    r.sotw_types_resumed = run.shared.resumed.get();
     r.first_retry_error = run.shared.first_retry_error.borrow().clone();
     Ok(r)
 }
@@ -1168,6 +1173,12 @@ fn print_run(r: &RunResult, floor: Option<&RunResult>) {
             "  {} streams failed and were retried (first: {})",
             r.stream_retries,
             r.first_retry_error.as_deref().unwrap_or_default()
+        );
+    }
+    if r.sotw_types_resumed > 0 {
+        println!(
+            "  state of the world: {} types over reconnected streams resumed at the versions held (nothing resent)",
+            r.sotw_types_resumed
         );
     }
     if r.sotw_reconnect_dangling_routes > 0 {

@@ -792,3 +792,50 @@ fn strip_lines(debug: &str) -> String {
     let re = regex::Regex::new(r"line: \d+, ").unwrap();
     re.replace_all(debug, "").into_owned()
 }
+
+#[test]
+fn a_reread_parses_only_the_files_that_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+    write("a.json", r#"{"service": {"name": "a", "port": 8080}}"#);
+    write("b.hcl", "service {\n  name = \"b\"\n  port = 8080\n}\n");
+    write("broken.yaml", "Kind: service-defaults\nName: [\n");
+    let mut cache = ParseCache::default();
+    let first = load_cached(dir.path(), "dc1", 1, &mut cache);
+    let parsed = |cache: &ParseCache, f: &str| cache.files.get(f).unwrap().1.clone();
+    let (a, b) = (parsed(&cache, "a.json"), parsed(&cache, "b.hcl"));
+
+    write("b.hcl", "service {\n  name = \"b\"\n  port = 9090\n}\n");
+    std::fs::remove_file(dir.path().join("broken.yaml")).unwrap();
+    write("c.yaml", "service: {name: c, port: 7070}\n");
+    let second = load_cached(dir.path(), "dc1", 2, &mut cache);
+    // The unchanged file was not parsed again; the edited one was; the removed one is gone.
+    assert!(Arc::ptr_eq(&a, &parsed(&cache, "a.json")));
+    assert!(!Arc::ptr_eq(&b, &parsed(&cache, "b.hcl")));
+    assert_eq!(cache.files.len(), 3);
+    // What it read is what a read from scratch reads.
+    let fresh = load(dir.path(), "dc1", 2);
+    let ports = |l: &Loaded, s: &str| -> Vec<u16> {
+        l.snapshot
+            .instances("dc1", s)
+            .iter()
+            .map(|i| i.port)
+            .collect()
+    };
+    for s in ["a", "b", "c"] {
+        assert_eq!(ports(&second, s), ports(&fresh, s), "service {s}");
+    }
+    assert_eq!(ports(&second, "b"), [9090]);
+    assert_eq!(second.digest, fresh.digest);
+    // A broken file keeps its problem when it comes from the cache.
+    assert!(first.has_errors());
+    assert!(!second.has_errors());
+    write("broken.yaml", "Kind: service-defaults\nName: [\n");
+    load_cached(dir.path(), "dc1", 3, &mut cache);
+    let again = load_cached(dir.path(), "dc1", 4, &mut cache);
+    let shown: Vec<String> = again.errors().map(|p| p.to_string()).collect();
+    assert_eq!(
+        shown,
+        first.errors().map(|p| p.to_string()).collect::<Vec<_>>()
+    );
+}

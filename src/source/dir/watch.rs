@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
-use super::{Loaded, load};
+use super::{Loaded, ParseCache, load_cached};
 use crate::metrics::Metrics;
 use crate::model::{Snapshot, SnapshotCounts};
 use crate::source::{LoadStatus, Problem};
@@ -42,6 +42,8 @@ pub struct DirSource {
     last_digest: Arc<Mutex<u64>>,
     /// The last accepted snapshot: a new one shares its unchanged instance lists.
     last: Arc<Mutex<Option<Arc<Snapshot>>>>,
+    /// Files parsed by the last read: an edit parses only the files it changed.
+    parsed: Arc<Mutex<ParseCache>>,
 }
 
 impl DirSource {
@@ -63,6 +65,7 @@ impl DirSource {
             metrics,
             last_digest: Arc::new(Mutex::new(0)),
             last: Arc::new(Mutex::new(None)),
+            parsed: Arc::default(),
         };
         match source.reload(1) {
             Reload::Accepted(snapshot) => Ok((source, snapshot)),
@@ -89,7 +92,12 @@ impl DirSource {
             m.loads_unchanged.inc();
             return Reload::Unchanged;
         }
-        let loaded: Loaded = load(&self.dir, &self.datacenter, generation);
+        let loaded: Loaded = load_cached(
+            &self.dir,
+            &self.datacenter,
+            generation,
+            &mut self.parsed.lock(),
+        );
         *self.last_digest.lock() = loaded.digest;
         m.snapshot_build.observe(started.elapsed().as_secs_f64());
         let mut status = self.status.lock();
