@@ -319,10 +319,6 @@ pub struct Violations {
 
 const MAX_EXAMPLES: usize = 12;
 
-/// How long a reconnected state-of-the-world stream waits for a response before it counts
-/// as resumed with what it holds.
-const SOTW_RESUME_QUIET: std::time::Duration = std::time::Duration::from_millis(300);
-
 /// Retries of a failed stream before it counts as a stream error.
 const MAX_RETRIES: u32 = 4;
 
@@ -668,14 +664,31 @@ impl EnvoyStream {
     }
 
     fn synced(&self) -> bool {
-        self.held[CDS].len() >= self.expect_clusters
-            && !self.first[CDS]
+        let holds_all = self.held[CDS].len() >= self.expect_clusters
             && self.warming.is_empty()
             && self.requested[LDS]
-            && !self.first[LDS]
             && self.subscribed[RDS]
                 .iter()
-                .all(|r| self.held[RDS].contains_key(r))
+                .all(|r| self.held[RDS].contains_key(r));
+        // Every wildcard request is answered (R21): a delta stream is synced once CDS and
+        // LDS have said what changed (or that nothing did). A state-of-the-world server may
+        // answer a reconnect with nothing (the versions held are current). Either way, not
+        // while the stream holds a cluster removed while it was away (R18): a stream that
+        // keeps one never syncs, and the orchestrator counts it.
+        let answered = match self.shared.protocol {
+            Protocol::Sotw if self.conn > 1 => true,
+            _ => !self.first[CDS] && !self.first[LDS],
+        };
+        holds_all && answered && !self.holds_gone()
+    }
+
+    /// Whether the stream holds a cluster removed while it was disconnected (`name.*`
+    /// stands for every name starting with `name.`).
+    fn holds_gone(&self) -> bool {
+        self.gone.iter().any(|n| match n.strip_suffix('*') {
+            Some(prefix) => self.held[CDS].keys().any(|k| k.starts_with(prefix)),
+            None => self.held[CDS].contains_key(n),
+        })
     }
 
     /// Runs the stream until the command channel closes.
@@ -745,26 +758,6 @@ impl EnvoyStream {
     fn report_sync(&mut self) {
         if !self.synced_reported && self.synced() {
             self.synced_reported = true;
-            // `name.*` stands for every name starting with `name.`.
-            let stale = self
-                .gone
-                .iter()
-                .filter(|n| match n.strip_suffix('*') {
-                    Some(prefix) => self.held[CDS].keys().any(|k| k.starts_with(prefix)),
-                    None => self.held[CDS].contains_key(*n),
-                })
-                .count();
-            if stale > 0 {
-                self.shared.violation(
-                    self.id,
-                    |v| v.stale_after_reconnect += stale as u64,
-                    || {
-                        format!(
-                            "{stale} clusters removed while disconnected still held once synced"
-                        )
-                    },
-                );
-            }
             self.emit(EventKind::Synced);
         }
     }
@@ -1197,34 +1190,24 @@ impl EnvoyStream {
             Ok(r) => r,
             Err(e) => return Some(format!("stream {}: {e}", self.id)),
         };
-        // A reconnect sent the versions the stream holds; a server may find them current and
-        // send nothing (as Envoy needs nothing). Silence for a while after the stream opened
-        // means the stream resumed with what it holds.
-        let resumable = self.conn > 1 && !self.sotw_version[CDS].is_empty();
-        let quiet = tokio::time::sleep(SOTW_RESUME_QUIET);
-        tokio::pin!(quiet);
-        let mut waiting = resumable;
+        // A reconnect sent the versions the stream holds: a server may find them current and
+        // send nothing (Envoy needs nothing then), so the stream may be synced at once.
+        self.report_sync();
         loop {
             tokio::select! {
                 cmd = cmds.recv() => match cmd {
-                    None | Some(Cmd::Disconnect) => return None,
+                    None | Some(Cmd::Disconnect) => {
+                        // Types of a reconnect the server sent nothing for: resumed.
+                        if self.conn > 1 {
+                            let resumed = (0..4)
+                                .filter(|&ty| self.first[ty] && !self.sotw_version[ty].is_empty())
+                                .count() as u64;
+                            self.shared.resumed.set(self.shared.resumed.get() + resumed);
+                        }
+                        return None;
+                    }
                     Some(Cmd::NackNext(ty)) => self.nack_next[ty] = true,
                     Some(Cmd::Connect { .. }) => {}
-                },
-                () = &mut quiet, if waiting => {
-                    // Types the server said nothing about resumed at the version held.
-                    waiting = false;
-                    let mut resumed = 0;
-                    for ty in [CDS, EDS, LDS, RDS] {
-                        if self.first[ty] && !self.sotw_version[ty].is_empty() {
-                            self.first[ty] = false;
-                            resumed += 1;
-                        }
-                    }
-                    if resumed > 0 {
-                        self.shared.resumed.set(self.shared.resumed.get() + resumed);
-                        self.report_sync();
-                    }
                 },
                 msg = inbound.message() => match msg {
                     Ok(Some(r)) => self.on_sotw(r, &tx),

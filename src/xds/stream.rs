@@ -469,13 +469,15 @@ struct Stream {
     held_removals: Vec<Planned>,
 }
 
-/// How long removals wait on a new stream. A reconnecting client sends its requests for
-/// every type at once (CDS, EDS, LDS, RDS, each with the versions it holds); the server may
-/// plan the first before the others arrive, and would then remove clusters that the routes the
-/// client still holds name, before it knew to send the new routes (R15, R16). Additions go
-/// at once; removals after the hold, by when the client's other requests are in and their
-/// updates planned first.
-pub const REMOVAL_HOLD: Duration = Duration::from_millis(100);
+/// How long removals may wait on a new stream for the client's first ACK. A reconnecting
+/// client sends its requests for every type at once (CDS, EDS, LDS, RDS, each with the
+/// versions it holds), and ACKs only what it receives afterwards: the first ACK on a stream
+/// proves every one of those requests is in (a stream is ordered). Until then the server may
+/// not know that the client holds routes naming a cluster that went away while it was
+/// disconnected, and removing it first would leave those routes pointing nowhere until the new
+/// ones arrive (R15, R16). Additions go at once; removals after the first ACK, or after this
+/// long from a client that never ACKs.
+pub const REMOVAL_HOLD: Duration = Duration::from_secs(5);
 
 /// Serves one stream until the client closes it or a protocol error ends it. Responses go to
 /// `tx`; a protocol error is sent as the stream's final status.
@@ -611,9 +613,16 @@ impl Stream {
         }
     }
 
-    /// Ends the hold: removals planned during it go out after what is planned already.
+    /// Ends the hold: removals planned during it go out after everything the requests so far
+    /// ask for (planned now if it was not yet).
     fn release_removals(&mut self) {
         self.hold_removals_until = None;
+        if self.held_removals.is_empty() {
+            return;
+        }
+        if self.needs_plan() {
+            self.plan();
+        }
         self.outbox.extend(self.held_removals.drain(..));
     }
 
@@ -873,6 +882,9 @@ impl Stream {
         error: Option<&envoy_types::pb::google::rpc::Status>,
         sotw: bool,
     ) {
+        if self.hold_removals_until.is_some() {
+            self.release_removals();
+        }
         let t = &mut self.types[ty.index()];
         let Ok(n) = u64::from_str_radix(nonce, 16) else {
             self.ctx.metrics.expired_nonces.get(ty).inc();
@@ -924,6 +936,15 @@ impl Stream {
 
     /// The next response to send, planning a push from the latest state when nothing is
     /// queued. `None` when there is nothing to send after all.
+    /// Requests or a new state not planned yet.
+    fn needs_plan(&self) -> bool {
+        (self.state_changed && self.types.iter().any(|t| t.active))
+            || self
+                .types
+                .iter()
+                .any(|t| t.active && (t.respond || t.dirty || !t.force.is_empty()))
+    }
+
     fn next_response(&mut self) -> Option<Bytes> {
         loop {
             if let Some(p) = self.outbox.pop_front() {
@@ -932,12 +953,7 @@ impl Stream {
                 }
                 continue;
             }
-            let needs_plan = (self.state_changed && self.types.iter().any(|t| t.active))
-                || self
-                    .types
-                    .iter()
-                    .any(|t| t.active && (t.respond || t.dirty || !t.force.is_empty()));
-            if !needs_plan {
+            if !self.needs_plan() {
                 self.work_since = None;
                 return None;
             }
@@ -956,6 +972,7 @@ impl Stream {
             None
         };
         self.state_changed = false;
+        let holding = self.hold_removals_until.is_some_and(|t| Instant::now() < t);
         let mut removals: Vec<Planned> = Vec::new();
         for ty in ResourceType::ADD_ORDER {
             let Diff {
@@ -995,7 +1012,12 @@ impl Stream {
                 Protocol::Delta => {
                     // Additions (and "does not exist" for names the client never had) now;
                     // removals of what the client has after every type's additions.
-                    if !up.is_empty() || !absent.is_empty() || (respond && rm.is_empty()) {
+                    // A first response is due even when all it has are removals on hold (R21):
+                    // the client's ACK of it releases them.
+                    if !up.is_empty()
+                        || !absent.is_empty()
+                        || (respond && (rm.is_empty() || holding))
+                    {
                         let chunks = chunk(up, |e| e.delta.len());
                         let last = chunks.len() - 1;
                         let mut absent = Some(absent);
@@ -1071,7 +1093,7 @@ impl Stream {
                 .position(|t| *t == p.ty)
                 .unwrap_or(0)
         });
-        if self.hold_removals_until.is_some_and(|t| Instant::now() < t) {
+        if holding {
             self.held_removals.extend(removals);
         } else {
             self.release_removals();

@@ -542,6 +542,7 @@ struct Run {
     next_service: usize,
     responses: u64,
     errors_shown: usize,
+    started: Instant,
 }
 
 impl Run {
@@ -565,6 +566,7 @@ impl Run {
             next_service: services,
             responses: 0,
             errors_shown: 0,
+            started: Instant::now(),
         }
     }
 
@@ -583,13 +585,22 @@ impl Run {
     }
 
     /// Waits until every stream reports `Synced` (after connecting or reconnecting).
-    async fn wait_synced(&mut self, name: &str, before: Vec<u64>) -> anyhow::Result<Storm> {
+    /// Waits until every stream reports `Synced`. After a reconnect with clusters removed
+    /// meanwhile (`gone`), a stream that still holds one 30 s later counts as a violation
+    /// instead of failing the run.
+    async fn wait_synced(
+        &mut self,
+        name: &str,
+        before: Vec<u64>,
+        gone: bool,
+    ) -> anyhow::Result<Storm> {
+        self.progress(name);
         self.shared.track.set(false);
         let start = Instant::now();
         let cpu0 = self.server.cpu();
         let mut synced = vec![false; self.streams.len()];
         let mut n = 0;
-        let deadline = Instant::now() + Duration::from_secs(120);
+        let deadline = Instant::now() + Duration::from_secs(if gone { 30 } else { 120 });
         while n < synced.len() {
             let ev = tokio::time::timeout_at(deadline.into(), self.events.recv()).await;
             match ev {
@@ -609,10 +620,21 @@ impl Run {
                     ..
                 })) => self.note_closed(stream, &error),
                 Ok(Some(_)) => {}
+                _ if gone => {
+                    let stale = (synced.len() - n) as u64;
+                    let mut v = self.shared.violations.borrow_mut();
+                    v.stale_after_reconnect += stale;
+                    v.examples.push(format!(
+                        "{name}: {stale} streams still hold a cluster removed while they were away"
+                    ));
+                    break;
+                }
                 _ => anyhow::bail!("{name}: only {n} of {} streams synced", synced.len()),
             }
         }
         let wall = start.elapsed();
+        // What still arrives (a server resending what the streams hold) counts in the bytes.
+        self.settle().await;
         let after = self.bytes();
         let per: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
         Ok(Storm {
@@ -624,11 +646,26 @@ impl Run {
         })
     }
 
-    /// Handles events until `until`, matching them against pending changes.
+    /// Handles events until none has come for 200 ms (10 s at most).
+    async fn settle(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let before = self.responses;
+            let mut none: Vec<Pending> = Vec::new();
+            self.pump(&mut none, Instant::now() + Duration::from_millis(200))
+                .await;
+            if self.responses == before || Instant::now() > deadline {
+                return;
+            }
+        }
+    }
+
+    /// Handles events until `until`, matching them against pending changes; with changes
+    /// pending, returns as soon as every one has reached every stream.
     async fn pump(&mut self, pending: &mut [Pending], until: Instant) {
         loop {
             let all_done = pending.iter().all(|p| p.done == p.left.len());
-            if all_done {
+            if !pending.is_empty() && all_done {
                 return;
             }
             let ev = match tokio::time::timeout_at(until.into(), self.events.recv()).await {
@@ -713,6 +750,7 @@ impl Run {
         interval: Duration,
     ) -> anyhow::Result<Phase> {
         let count = ops.len();
+        self.progress(name);
         self.shared.track.set(true);
         let bytes0: u64 = self.bytes().iter().sum();
         let cpu0 = self.server.cpu();
@@ -734,8 +772,10 @@ impl Run {
                 pending.push(self.issue(op).await?);
             }
         }
-        self.pump(&mut pending, Instant::now() + Duration::from_secs(10))
-            .await;
+        if !pending.is_empty() {
+            self.pump(&mut pending, Instant::now() + Duration::from_secs(10))
+                .await;
+        }
         finished.extend(pending);
         // Let anything unexpected arrive before the next phase.
         let mut none: Vec<Pending> = Vec::new();
@@ -811,7 +851,13 @@ impl Run {
     }
 
     /// Disconnects every stream and waits for the server to let them go.
+    /// A line on stderr per step, with the time since the run began.
+    fn progress(&self, what: &str) {
+        eprintln!("  {:>7.2} s  {what}", self.started.elapsed().as_secs_f64());
+    }
+
     async fn disconnect(&mut self) -> anyhow::Result<u64> {
+        self.progress("disconnect");
         self.send_all(|| Cmd::Disconnect);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -833,7 +879,8 @@ impl Run {
             expect_clusters: expect,
             gone: gone.clone(),
         });
-        self.wait_synced(name, before).await
+        let gone_any = !gone.is_empty();
+        self.wait_synced(name, before, gone_any).await
     }
 
     fn endpoint_ops(&self, count: usize, salt: usize) -> Vec<Op> {
@@ -927,7 +974,8 @@ async fn run(
     };
     let mut run = Run::start(server, target, plan.protocol, plan.streams, plan.services);
     let zero = vec![0; plan.streams];
-    r.storms.push(run.wait_synced("connect", zero).await?);
+    r.storms
+        .push(run.wait_synced("connect", zero, false).await?);
     tokio::time::sleep(Duration::from_millis(500)).await;
     r.server_rss_per_stream_kib =
         run.server.rss_kib().saturating_sub(rss0) as f64 / plan.streams as f64;
