@@ -157,12 +157,14 @@ impl Server {
             "{} not found: build it with `cargo build --release --workspace --bins`",
             path.display()
         );
-        let mut child = Command::new(&path)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdout = child.stdout.take().expect("stdout");
+        let mut child = KillOnDrop(Some(
+            Command::new(&path)
+                .args(args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::inherit())
+                .spawn()?,
+        ));
+        let stdout = child.get().stdout.take().expect("stdout");
         let line = tokio::task::spawn_blocking(move || {
             let mut line = String::new();
             std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
@@ -172,7 +174,7 @@ impl Server {
         let ready: Ready = serde_json::from_str(line.trim())
             .map_err(|e| anyhow::anyhow!("{binary} said {line:?}: {e}"))?;
         let mut server = Server::attach(ready).await?;
-        server.child = Some(child);
+        server.child = child.0.take();
         Ok(server)
     }
 
@@ -199,7 +201,7 @@ impl Server {
             "{} not found: build it with `cargo build --release --workspace --bins`",
             path.display()
         );
-        let mut child = Command::new(&path)
+        let child = Command::new(&path)
             .arg("serve")
             .arg("--config-dir")
             .arg(&config)
@@ -222,7 +224,8 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()?;
-        let log = child.stdout.take().expect("stdout");
+        let mut child = KillOnDrop(Some(child));
+        let log = child.get().stdout.take().expect("stdout");
         // The addresses come from the "meshgate serving" log line; the rest of the log is
         // passed through when it warns.
         let (tx, rx) = std::sync::mpsc::channel();
@@ -253,8 +256,8 @@ impl Server {
                 .await?
                 .map_err(|_| anyhow::anyhow!("meshgate serve did not start within 60 s"))?;
         let mut server = Server {
-            pid: child.id(),
-            child: Some(child),
+            pid: child.get().id(),
+            child: child.0.take(),
             xds: xds.parse()?,
             control: Control::Dir {
                 workload,
@@ -402,6 +405,24 @@ impl Server {
         let field = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
         // After the command name, utime and stime are the 12th and 13th fields.
         Duration::from_millis((field(11) + field(12)) * 10) // USER_HZ = 100
+    }
+}
+
+/// A server process being started: killed if starting it fails.
+struct KillOnDrop(Option<Child>);
+
+impl KillOnDrop {
+    fn get(&mut self) -> &mut Child {
+        self.0.as_mut().expect("the child until it is handed over")
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
