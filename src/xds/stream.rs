@@ -463,8 +463,8 @@ struct Stream {
     /// Bytes of responses in flight (sent, not yet answered).
     unanswered: usize,
     info: Arc<StreamInfo>,
-    /// Removals planned in the stream's first moments wait until then (see
-    /// [`REMOVAL_HOLD`]).
+    /// Until the stream's first ACK (and at most until this instant), planned removals wait in
+    /// `held_removals` (see [`REMOVAL_HOLD`]); `None` once released.
     hold_removals_until: Option<tokio::time::Instant>,
     held_removals: Vec<Planned>,
 }
@@ -934,8 +934,6 @@ impl Stream {
 
     // -- pushes --------------------------------------------------------------------------------
 
-    /// The next response to send, planning a push from the latest state when nothing is
-    /// queued. `None` when there is nothing to send after all.
     /// Requests or a new state not planned yet.
     fn needs_plan(&self) -> bool {
         (self.state_changed && self.types.iter().any(|t| t.active))
@@ -945,6 +943,8 @@ impl Stream {
                 .any(|t| t.active && (t.respond || t.dirty || !t.force.is_empty()))
     }
 
+    /// The next response to send, planning a push from the latest state when nothing is
+    /// queued. `None` when there is nothing to send after all.
     fn next_response(&mut self) -> Option<Bytes> {
         loop {
             if let Some(p) = self.outbox.pop_front() {
