@@ -264,11 +264,19 @@ async fn control_plane_restart_costs_no_request(api: AdsApi) {
     let deadline = tokio::time::Instant::now() + WAIT;
     loop {
         let views = server.streams.snapshot();
+        // Each type either was sent and ACKed, or (state of the world) resumed: Envoy came
+        // back with the current version, and nothing needed sending.
+        let metrics = server.admin_get("/metrics").await;
         let acked = views.first().is_some_and(|v| {
-            ["cds", "lds"].iter().all(|t| {
-                v.types
-                    .get(t)
-                    .is_some_and(|t| t.acked_nonce == t.sent_nonce && t.sent_nonce.is_some())
+            ["cds", "lds"].iter().all(|name| {
+                v.types.get(name).is_some_and(|t| {
+                    (t.acked_nonce == t.sent_nonce && t.sent_nonce.is_some())
+                        || (t.sent_nonce.is_none()
+                            && metric_value(
+                                &metrics,
+                                &format!("meshgate_xds_sotw_resumed_total{{type=\"{name}\"}}"),
+                            ) >= 1.0)
+                })
             })
         });
         if acked {
