@@ -901,6 +901,29 @@ impl EnvoyStream {
         true
     }
 
+    /// Applies subscription changes of `t` a response caused; whether there were any. A
+    /// type's first request makes its first response expected whatever it holds.
+    fn change_subscription(&mut self, t: usize, subscribe: &[Name], unsubscribe: &[Name]) -> bool {
+        if subscribe.is_empty() && unsubscribe.is_empty() {
+            return false;
+        }
+        for n in subscribe {
+            self.subscribed[t].insert(n.clone());
+            self.fresh[t].insert(n.clone());
+        }
+        for n in unsubscribe {
+            self.subscribed[t].remove(n);
+            self.fresh[t].remove(n);
+            self.held[t].remove(n);
+            self.dropped[t].insert(n.clone());
+        }
+        if !self.requested[t] {
+            self.requested[t] = true;
+            self.first[t] = true;
+        }
+        true
+    }
+
     /// A rejected cluster: the server, not knowing yet, may send its assignment again to
     /// warm it (R13); that assignment is not "nothing new".
     fn expect_warming_of(&mut self, d: &Decoded) {
@@ -1111,23 +1134,8 @@ impl EnvoyStream {
             ..Default::default()
         });
         for t in [EDS, RDS] {
-            if subscribe[t].is_empty() && unsubscribe[t].is_empty() {
+            if !self.change_subscription(t, &subscribe[t], &unsubscribe[t]) {
                 continue;
-            }
-            for n in &subscribe[t] {
-                self.subscribed[t].insert(n.clone());
-                self.fresh[t].insert(n.clone());
-            }
-            for n in &unsubscribe[t] {
-                self.subscribed[t].remove(n);
-                self.fresh[t].remove(n);
-                self.held[t].remove(n);
-                self.dropped[t].insert(n.clone());
-            }
-            let first = !self.requested[t];
-            self.requested[t] = true;
-            if first {
-                self.first[t] = true;
             }
             let _ = tx.send(DeltaDiscoveryRequest {
                 type_url: TYPE_URLS[t].into(),
@@ -1350,25 +1358,10 @@ impl EnvoyStream {
             ..Default::default()
         });
         for t in [EDS, RDS] {
-            if subscribe[t].is_empty() && unsubscribe[t].is_empty() {
+            if !self.change_subscription(t, &subscribe[t], &unsubscribe[t]) {
                 continue;
             }
-            for n in &subscribe[t] {
-                self.subscribed[t].insert(n.clone());
-                self.fresh[t].insert(n.clone());
-            }
-            for n in &unsubscribe[t] {
-                self.subscribed[t].remove(n);
-                self.fresh[t].remove(n);
-                self.held[t].remove(n);
-                self.dropped[t].insert(n.clone());
-            }
             // The new full name list of the type, with the last accepted version and nonce.
-            let first = !self.requested[t];
-            self.requested[t] = true;
-            if first {
-                self.first[t] = true;
-            }
             let _ = tx.send(DiscoveryRequest {
                 version_info: self.sotw_version[t].clone(),
                 resource_names: self.sotw_names(t),
